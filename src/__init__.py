@@ -1,0 +1,1 @@
+"""MeZO for prompt-based masked language models (RoBERTa, BERT, ...)."""

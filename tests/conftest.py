@@ -1,0 +1,42 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def repo_root():
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def splade_dir():
+    from src.embedded import embedded_model_dir
+    return embedded_model_dir()
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer(splade_dir):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(splade_dir)
+
+
+@pytest.fixture(scope="session")
+def roberta_tokenizer(tmp_path_factory):
+    return tiny.build_roberta_tokenizer(str(tmp_path_factory.mktemp("roberta_tok")))
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory):
+    return tiny.build_tiny_roberta(str(tmp_path_factory.mktemp("tiny_roberta")))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    return tiny.build_tiny_bert(str(tmp_path_factory.mktemp("tiny_bert")))

@@ -1,0 +1,65 @@
+"""Offline stand-ins: a byte-level BPE RoBERTa tokenizer trained here, tiny random models.
+
+Everything is deterministic (BPE training on a fixed corpus, models from a fixed torch seed),
+so tests may assert exact token ids.
+"""
+import os
+
+import torch
+
+CORPUS = [
+    "It was great. It was terrible. It was good. It was bad. It was okay.",
+    "a gorgeous film . The cat sat. A cat is sitting. Yes No Maybe",
+    "This is correct. This is incorrect. This is subjective. This is objective.",
+    "types: Description Entity Expression Human Location Number : ? , .",
+    "What is the capital of France? the movie was fun and the acting was dull.",
+]
+SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+
+def build_roberta_tokenizer(out_dir: str):
+    """Train a 500-token byte-level BPE and save it as a RobertaTokenizer folder."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import AutoTokenizer, RobertaTokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(CORPUS * 20, vocab_size=500, min_frequency=1,
+                            special_tokens=SPECIALS, show_progress=False)
+    raw = os.path.join(out_dir, "bpe")
+    os.makedirs(raw, exist_ok=True)
+    bpe.save_model(raw)
+    tok = RobertaTokenizer(vocab=os.path.join(raw, "vocab.json"),
+                           merges=os.path.join(raw, "merges.txt"))
+    tok.save_pretrained(out_dir)
+    return AutoTokenizer.from_pretrained(out_dir)
+
+
+def build_tiny_roberta(out_dir: str, seed: int = 0, **config_overrides):
+    """Random 2-layer RobertaForMaskedLM (hidden 32) saved with the BPE tokenizer."""
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    tok = build_roberta_tokenizer(out_dir)
+    kw = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+              intermediate_size=37, max_position_embeddings=260, pad_token_id=1,
+              bos_token_id=0, eos_token_id=2, type_vocab_size=1)
+    kw.update(config_overrides)
+    torch.manual_seed(seed)
+    model = RobertaForMaskedLM(RobertaConfig(**kw))
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_bert(out_dir: str, seed: int = 0, **config_overrides):
+    """Random 2-layer BertForMaskedLM (hidden 32) with the embedded model's WordPiece vocab."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from src.embedded import embedded_model_dir
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    tok.save_pretrained(out_dir)
+    kw = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+              intermediate_size=37, max_position_embeddings=256)
+    kw.update(config_overrides)
+    torch.manual_seed(seed)
+    BertForMaskedLM(BertConfig(**kw)).save_pretrained(out_dir)
+    return out_dir
