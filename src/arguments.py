@@ -1,0 +1,251 @@
+"""The three argument groups of run.py, with the reference's flag names and defaults.
+
+Parsed by HfArgumentParser so that the original shell commands keep working: bools take an
+optional value, the last occurrence of a flag wins, `--max_seq_len` is an alias of
+`--max_seq_length`. Flags of the reference that this project does not implement are kept as
+fields so that old command lines parse, but setting one to a non-default value is an error
+(`check_unsupported`) instead of being silently ignored.
+"""
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from .errors import UsageError
+
+
+def _f(default, help, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(metadata={
+        "help": "Hugging Face hub id (roberta-large), a local folder, or `splade-tiny` (embedded, offline)"})
+    config_name: Optional[str] = _f(None, "config to use instead of the model's own")
+    tokenizer_name: Optional[str] = _f(None, "tokenizer to use instead of the model's own")
+    cache_dir: Optional[str] = _f(None, "Hugging Face download cache")
+    few_shot_type: str = _f("prompt-demo", "finetune (CLS head), prompt (MLM prompt) or prompt-demo "
+                            "(prompt + demonstrations); the scripts pass prompt")
+    random_segment: bool = _f(False, "[unsupported] BERT: random re-init of an enlarged token-type table")
+    l2_loss: bool = _f(False, "classification loss = MSE between label-word logits and one-hot labels")
+    use_task_word: bool = _f(False, "[unsupported] legacy lm_head path; regression scores are always "
+                             "produced here")
+    apply_lora: bool = _f(False, "inject LoRA into the attention query and value projections")
+    lora_r: Optional[int] = _f(None, "LoRA rank (scripts: 8)")
+    lora_alpha: Optional[int] = _f(None, "LoRA alpha (scripts: 16)")
+    lora_freeze_head: bool = _f(False, "with LoRA, also freeze the MLM head (the reference trains it)")
+    sfc: bool = _f(False, "[unsupported] surface-form calibration (OPT-era)")
+    icl_sfc: bool = _f(False, "[unsupported] in-context surface-form calibration (OPT-era)")
+
+
+@dataclass
+class DataArguments:
+    task_name: str = field(metadata={"help": "task key (SST-2, sst-5, MNLI, uci-sentiment, ...), case-insensitive"})
+    data_dir: str = field(metadata={"help": "folder with the split files, e.g. data/k-shot-1k-test/SST-2/16-42"})
+    max_seq_length: int = _f(128, "max tokens after template rendering", aliases=["--max_seq_len"])
+    overwrite_cache: bool = _f(False, "no effect: features are rebuilt every run (no cache is needed)")
+    num_k: int = _f(16, "K (examples per label); recorded in the log for gather_result, not used for sampling")
+    num_sample: int = _f(16, "with demonstrations: demo resamplings per dev/test example (logits averaged)")
+    num_demo: int = _f(1, "[only 1 supported] demonstrations per label")
+    auto_demo: bool = _f(True, "with prompt-demo, extend the template with one demo slot per label")
+    template: Optional[str] = _f(None, "template string, e.g. *cls**sent_0*_It_was*mask*.*sep+*")
+    mapping: Optional[str] = _f(None, "label -> label word, a Python dict literal, e.g. {'0':'terrible','1':'great'}")
+    template_path: Optional[str] = _f(None, "[unsupported] file of templates")
+    mapping_path: Optional[str] = _f(None, "[unsupported] file of mappings")
+    prompt_path: Optional[str] = _f(None, "[unsupported] file of template<TAB>mapping lines")
+    template_id: Optional[int] = _f(None, "[unsupported] line of --template_path")
+    mapping_id: Optional[int] = _f(None, "[unsupported] line of --mapping_path")
+    prompt_id: Optional[int] = _f(None, "[unsupported] line of --prompt_path")
+    top_n_template: Optional[int] = _f(None, "[unsupported] template ensemble size")
+    sfc_prompt: Optional[str] = _f(None, "[unsupported] calibration prompt")
+    tag: str = _f("", "free-form run tag, copied to the log and used by tools/gather_result.py")
+    demo_filter: bool = _f(False, "filter demonstrations by similarity (precomputed embeddings in data_dir)")
+    demo_filter_rate: float = _f(0.5, "fraction of candidates kept by --demo_filter")
+    demo_filter_model: Optional[str] = _f(None, "name in train_<model>.npy / <split>_<model>.npy")
+    debug_mode: bool = _f(False, "print details while filtering demonstrations")
+    double_demo: bool = _f(False, "with demonstrations, double max_seq_length")
+    first_sent_limit: Optional[int] = _f(None, "token cap for sentence 0")
+    other_sent_limit: Optional[int] = _f(None, "token cap for every other sentence")
+    use_full_length: Optional[bool] = _f(None, "[unsupported] unused in the reference")
+    gpt3_in_context_head: bool = _f(False, "[unsupported] GPT-3 style in-context prompts")
+    gpt3_in_context_tail: bool = _f(False, "[unsupported] GPT-3 style in-context prompts")
+    gpt3_in_context_num: int = _f(32, "[unsupported] GPT-3 style in-context prompts")
+    gpt3_demo_separator: str = _f("\n\n\n", "[unsupported] GPT-3 style in-context prompts")
+    truncate_head: bool = _f(False, "when too long, drop tokens from the front (demo mode only)")
+
+    @property
+    def prompt(self) -> bool:  # set by run.py from few_shot_type
+        return getattr(self, "_prompt", True)
+
+
+@dataclass
+class MezoTrainingArguments(TrainingArguments):
+    # --- evaluation and logging
+    evaluate_during_training: bool = _f(False, "evaluate on dev every --eval_steps and keep the best weights")
+    log_file: str = _f("log", "result log: one JSON record per finished run is appended")
+    # --- optimiser choice
+    optimizer: str = _f("adam", "adam (AdamW) or sgd", choices=["adam", "sgd"])
+    momentum: float = _f(0.0, "SGD momentum (--optimizer sgd, backprop or --zero_order_use_trainer_optim)")
+    trainer: str = _f("standard", "standard or linearhead (logistic-regression probe)")
+    # --- MeZO
+    zero_order_optim: bool = _f(False, "train with MeZO (SPSA, forward passes only) instead of backprop")
+    zero_order_eps: float = _f(1e-3, "MeZO perturbation scale epsilon")
+    efficient_zero_order: bool = _f(False, "regenerate z from the step seed instead of storing it (MeZO proper)")
+    zo_cache_z: bool = _f(False, "keep z for the step: one noise draw per step instead of three, at the cost "
+                          "of one extra copy of the trainable parameters")
+    zo_no_decay_bias_norm: bool = _f(False, "MeZO: exempt biases and LayerNorm weights from weight decay (the "
+                                     "reference decays every perturbed parameter)")
+    zero_order_use_trainer_optim: bool = _f(False, "[ablation] write the ZO gradient into .grad and let the "
+                                            "torch optimizer and scheduler update")
+    zero_order_sample: int = _f(1, "[ablation] n in n-SPSA")
+    zero_order_sample_scheduler: Optional[str] = _f(None, "[ablation] constant or linear")
+    scale_lr_with_samples: bool = _f(False, "[ablation] do not divide the n-SPSA estimate by n")
+    zero_order_clip_grad: bool = _f(False, "[ablation] clip the ZO gradient norm to max_grad_norm")
+    zo_variant: Optional[str] = _f(None, "[ablation] grad_norm or param_norm")
+    use_zo_grad_est: bool = _f(False, "[ablation] estimate block norms by ZO")
+    recompute_norms: bool = _f(False, "[ablation] recompute block norms every epoch",
+                               aliases=["--recmopute_norms"])
+    scale_norm_by_num_params: bool = _f(False, "[ablation] divide block norms by sqrt(#params)")
+    norm_running_update: bool = _f(False, "[ablation] refresh block norms from each estimate")
+    change_grad_estimate: bool = _f(False, "[ablation] variants change the expectation, not only the variance")
+    zo_by_layer: bool = _f(False, "[ablation] one SPSA pair per block")
+    max_zo_forward_steps: int = _f(0, "[ablation] also stop after this many ZO forward passes (0 = off)")
+    optimize_acc: bool = _f(False, "[ablation] MeZO objective = minus the batch accuracy")
+    layer_wise_optim: bool = _f(False, "[ablation] perturb only layer (step mod L) each step")
+    # --- parameter-efficient variants
+    head_tuning: bool = _f(False, "train only the MLM head")
+    prefix_tuning: bool = _f(False, "prefix-tuning: learn key/value prefixes in every attention layer")
+    num_prefix: int = _f(10, "number of prefix tokens (scripts: 5)")
+    no_reparam: bool = _f(False, "learn the prefixes directly (no MLP reparameterisation)")
+    prefix_init_by_real_act: bool = _f(False, "initialise prefixes from real activations of random tokens")
+    # --- linear probing
+    from_linearhead: bool = _f(False, "fit the logistic-regression head first, then train (LP-FT)")
+    lp_early_stopping: bool = _f(False, "looser logistic-regression solver (tol 1e-2, 1000 iterations)")
+    prob_as_feature: bool = _f(False, "linear probe on label-word probabilities")
+    # --- run control
+    no_train: bool = _f(False, "skip training (zero-shot record)")
+    no_predict: bool = _f(False, "skip the test evaluation")
+    save_at_last: bool = _f(False, "save the final trainable weights to output_dir")
+    random_model_init: bool = _f(False, "re-initialise all weights randomly")
+    tie_emb: bool = _f(False, "tie the MLM decoder to the input embeddings (the reference unties them)")
+    sweep: bool = _f(False, "append a timestamp folder to output_dir")
+    array_id: int = _f(-1, "id used in the --save_logit file name")
+    model_id: int = _f(-1, "id used in the --save_logit file name")
+    save_logit: bool = _f(False, "save the averaged test logits as <task>-<model_id>-<array_id>.npy")
+    save_logit_dir: Optional[str] = _f(None, "folder for --save_logit")
+    # --- reference flags kept only so that old command lines parse
+    fix_layers: int = _f(0, "[unsupported] exclude embeddings and the bottom n layers from Adam")
+    optimizer_variant: str = _f("", "[unsupported] signgd")
+    hf_inference_model: bool = _f(False, "[unsupported] OPT multi-GPU fp16 loading")
+    efficient_zero_order_fp16: bool = _f(False, "[unsupported] OPT fp16 loading")
+    untie_emb: bool = _f(False, "[unsupported] OPT: untie embeddings")
+    kernel_formula: str = _f("sgd", "[unsupported] eNTK experiments")
+    kernel_solver: str = _f("logistic", "[unsupported] eNTK experiments")
+    load_kernels: Optional[str] = _f(None, "[unsupported] eNTK experiments")
+    overwrite_kernels: bool = _f(False, "[unsupported] eNTK experiments")
+    exclude_embeddings: bool = _f(False, "[unsupported] eNTK experiments")
+    exclude_head: bool = _f(False, "[unsupported] eNTK experiments")
+    only_biases: bool = _f(False, "[unsupported] eNTK experiments")
+    exclude_first_layers: int = _f(-1, "[unsupported] eNTK experiments")
+    sync_embedding_layers: bool = _f(False, "[unsupported] eNTK experiments")
+    kernel_regularization: float = _f(0.0, "[unsupported] eNTK experiments")
+    kernel_gamma: float = _f(1.0, "[unsupported] eNTK experiments")
+    binary_classification: bool = _f(False, "[unsupported] eNTK experiments")
+    adjust_for_init: bool = _f(False, "[unsupported] eNTK experiments")
+    f0_scaling: float = _f(1.0, "[unsupported] eNTK experiments")
+    num_hvp_vecs: int = _f(128, "[unsupported] unused in the reference")
+    mc_tol: float = _f(0.1, "[unsupported] unused in the reference")
+
+    # Defaults that differ from TrainingArguments': this project does its own saving and reporting.
+    report_to: Optional[str] = field(default="none", metadata={"help": "logging integrations"})
+    save_strategy: str = field(default="no", metadata={"help": "Trainer checkpoints (see --save_steps)"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "keep mask_pos for the model"})
+    disable_tqdm: Optional[bool] = field(default=False, metadata={"help": "progress bar off"})
+    logging_steps: float = field(default=500, metadata={"help": "log every n updates"})
+
+    def __post_init__(self):
+        # `--optimizer` is the reference's switch; the Trainer reads `optim`.
+        self.optim = {"adam": "adamw_torch", "sgd": "sgd"}[self.optimizer]
+        if self.optimizer == "sgd" and self.momentum:
+            self.optim_args = f"momentum={self.momentum}"
+        super().__post_init__()
+
+
+# Fields whose non-default value this project refuses (name -> why).
+UNSUPPORTED = {
+    "random_segment": "BERT token-type re-initialisation is not implemented",
+    "use_task_word": "legacy; STS-B scores are always produced from the two label words",
+    "sfc": "surface-form calibration (OPT-era) is not implemented",
+    "icl_sfc": "surface-form calibration (OPT-era) is not implemented",
+    "num_demo": "exactly one demonstration per label is used (as in the reference)",
+    "template_path": "template files are not implemented; pass --template",
+    "mapping_path": "mapping files are not implemented; pass --mapping",
+    "prompt_path": "prompt files are not implemented; pass --template and --mapping",
+    "template_id": "template files are not implemented",
+    "mapping_id": "mapping files are not implemented",
+    "prompt_id": "prompt files are not implemented",
+    "top_n_template": "template ensembles are not implemented",
+    "sfc_prompt": "surface-form calibration is not implemented",
+    "use_full_length": "unused in the reference",
+    "gpt3_in_context_head": "GPT-3 style in-context prompts are not implemented",
+    "gpt3_in_context_tail": "GPT-3 style in-context prompts are not implemented",
+    "gpt3_in_context_num": "GPT-3 style in-context prompts are not implemented",
+    "gpt3_demo_separator": "GPT-3 style in-context prompts are not implemented",
+    "fix_layers": "layer exclusion from the optimizer is not implemented",
+    "optimizer_variant": "sign-GD is not implemented",
+    "hf_inference_model": "OPT multi-GPU loading is not part of the medium-model code",
+    "efficient_zero_order_fp16": "OPT fp16 loading is not part of the medium-model code",
+    "untie_emb": "OPT only",
+    "kernel_formula": "the eNTK kernel trainer is not implemented",
+    "kernel_solver": "the eNTK kernel trainer is not implemented",
+    "load_kernels": "the eNTK kernel trainer is not implemented",
+    "overwrite_kernels": "the eNTK kernel trainer is not implemented",
+    "exclude_embeddings": "the eNTK kernel trainer is not implemented",
+    "exclude_head": "the eNTK kernel trainer is not implemented",
+    "only_biases": "the eNTK kernel trainer is not implemented",
+    "exclude_first_layers": "the eNTK kernel trainer is not implemented",
+    "sync_embedding_layers": "the eNTK kernel trainer is not implemented",
+    "kernel_regularization": "the eNTK kernel trainer is not implemented",
+    "kernel_gamma": "the eNTK kernel trainer is not implemented",
+    "binary_classification": "the eNTK kernel trainer is not implemented",
+    "adjust_for_init": "the eNTK kernel trainer is not implemented",
+    "f0_scaling": "the eNTK kernel trainer is not implemented",
+    "num_hvp_vecs": "unused in the reference",
+    "mc_tol": "unused in the reference",
+}
+
+
+def check_unsupported(*arg_groups) -> None:
+    for group in arg_groups:
+        defaults = {f.name: f.default for f in dataclasses.fields(group)}
+        for name, why in UNSUPPORTED.items():
+            if name in defaults and getattr(group, name) != defaults[name]:
+                raise UsageError(f"--{name} {getattr(group, name)!r}: not supported ({why})")
+
+
+def build_parser() -> HfArgumentParser:
+    return HfArgumentParser((ModelArguments, DataArguments, MezoTrainingArguments))
+
+
+def parse_args(argv=None):
+    """Parse argv (or a single .json config file) into (model, data, training) arguments."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        try:
+            with open(argv[0]) as f:
+                config = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise UsageError(f"{argv[0]}: cannot read the JSON configuration ({e})")
+        try:
+            model_args, data_args, training_args = parser.parse_dict(config)
+        except ValueError as e:
+            raise UsageError(f"{argv[0]}: {e}")
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    check_unsupported(model_args, data_args, training_args)
+    return model_args, data_args, training_args
