@@ -127,6 +127,8 @@ class MezoTrainingArguments(TrainingArguments):
     lp_early_stopping: bool = _f(False, "looser logistic-regression solver (tol 1e-2, 1000 iterations)")
     prob_as_feature: bool = _f(False, "linear probe on label-word probabilities")
     # --- run control
+    overwrite_output_dir: bool = _f(False, "train into a non-empty output_dir (removed from TrainingArguments "
+                                    "in transformers 5; kept because the scripts pass it)")
     no_train: bool = _f(False, "skip training (zero-shot record)")
     no_predict: bool = _f(False, "skip the test evaluation")
     save_at_last: bool = _f(False, "save the final trainable weights to output_dir")
@@ -246,6 +248,9 @@ def parse_args(argv=None):
         except ValueError as e:
             raise UsageError(f"{argv[0]}: {e}")
     else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+        try:
+            model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+        except ValueError as e:  # unknown arguments, invalid TrainingArguments combinations
+            raise UsageError(str(e).splitlines()[0]) from None
     check_unsupported(model_args, data_args, training_args)
     return model_args, data_args, training_args
