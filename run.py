@@ -57,6 +57,7 @@ def validate(model_args, data_args, training_args, task):
             raise UsageError(f"{flag} {value}: {why}")
     if a.do_train and a.evaluate_during_training and not a.eval_steps:
         raise UsageError("--eval_steps: required with --evaluate_during_training")
+    validate_run_control(a)
     if a.zero_order_optim and a.gradient_accumulation_steps != 1 and not a.zero_order_use_trainer_optim:
         raise UsageError(f"--gradient_accumulation_steps {a.gradient_accumulation_steps}: MeZO's direct update "
                          "takes one batch per step (use --zero_order_use_trainer_optim to accumulate)")
@@ -69,13 +70,111 @@ def validate(model_args, data_args, training_args, task):
     for flag in NOT_YET:
         if getattr(a, flag) not in (False, None, 0, "standard"):
             raise UsageError(f"--{flag} {getattr(a, flag)!r}: not implemented yet in this version")
+    validate_ablations(a, task)
+
+
+def validate_ablations(a, task):
+    """MeZO ablation, momentum and linear-probing flags (src/zo_ablations.py, src/linearhead.py)."""
+    def is_set(flag):
+        return getattr(a, flag) not in (False, None, 0)
+    zo_only = ("zero_order_use_trainer_optim", "zo_variant", "zo_by_layer", "optimize_acc", "layer_wise_optim",
+               "max_zo_forward_steps", "zero_order_sample_scheduler", "zero_order_clip_grad", "scale_lr_with_samples")
+    if not a.zero_order_optim:
+        for flag in zo_only:
+            if is_set(flag):
+                raise UsageError(f"--{flag}: needs --zero_order_optim (it is a MeZO ablation)")
+    if a.zero_order_sample < 1:
+        raise UsageError(f"--zero_order_sample {a.zero_order_sample}: must be >= 1")
+    if a.zero_order_sample > 1 and not (a.zero_order_optim and a.zero_order_use_trainer_optim):
+        raise UsageError(f"--zero_order_sample {a.zero_order_sample}: n > 1 needs --zero_order_optim "
+                         "--zero_order_use_trainer_optim (n-SPSA writes its estimate into .grad)")
+    if a.zero_order_sample_scheduler not in (None, "constant", "linear"):
+        raise UsageError(f"--zero_order_sample_scheduler {a.zero_order_sample_scheduler!r}: expected constant or linear")
+    if a.zero_order_optim and not a.zero_order_use_trainer_optim:
+        for flag in ("zero_order_sample_scheduler", "zero_order_clip_grad", "zo_by_layer"):
+            if is_set(flag):
+                raise UsageError(f"--{flag}: needs --zero_order_use_trainer_optim (the direct MeZO update "
+                                 "takes one SPSA pair over all parameters per step)")
+        if a.momentum:
+            raise UsageError(f"--momentum {a.momentum}: the direct MeZO update has no momentum; add "
+                             "--zero_order_use_trainer_optim --optimizer sgd for ZO-SGD with momentum")
+    if a.zo_variant not in (None, "grad_norm", "param_norm"):
+        raise UsageError(f"--zo_variant {a.zo_variant!r}: expected grad_norm or param_norm")
+    if a.use_zo_grad_est and a.zo_variant != "grad_norm":
+        raise UsageError("--use_zo_grad_est: needs --zo_variant grad_norm")
+    for flag in ("recompute_norms", "scale_norm_by_num_params", "change_grad_estimate"):
+        if is_set(flag) and not a.zo_variant:
+            raise UsageError(f"--{flag}: needs --zo_variant grad_norm or param_norm")
+    if a.norm_running_update and not (a.zo_by_layer and a.zo_variant == "grad_norm"):
+        raise UsageError("--norm_running_update: needs --zo_by_layer and --zo_variant grad_norm")
+    if a.max_zo_forward_steps < 0:
+        raise UsageError(f"--max_zo_forward_steps {a.max_zo_forward_steps}: must be >= 0 (0 = off)")
+    if a.optimize_acc and task.output_mode == "regression":
+        raise UsageError(f"--optimize_acc: task {task.name} is a regression task (no accuracy)")
+    if not 0 <= a.momentum < 1:
+        raise UsageError(f"--momentum {a.momentum}: must be in [0, 1)")
+    if a.momentum and a.optimizer != "sgd":
+        raise UsageError(f"--momentum {a.momentum}: needs --optimizer sgd (AdamW has its own betas)")
+    probing = a.trainer == "linearhead" or a.from_linearhead
+    for flag in ("prob_as_feature", "lp_early_stopping"):
+        if is_set(flag) and not probing:
+            raise UsageError(f"--{flag}: needs --trainer linearhead or --from_linearhead")
+    if a.prob_as_feature and task.output_mode == "regression":
+        raise UsageError(f"--prob_as_feature: task {task.name} is a regression task")
+
+
+def validate_run_control(a):
+    """Step counts, checkpoints and the MeZO skip limit (src/checkpoint.py, src/trainer.py)."""
+    checks = [
+        (a.max_steps > 0 or a.max_steps == -1, "--max_steps", a.max_steps,
+         "must be > 0 (or -1 to use --num_train_epochs)"),
+        (a.max_steps > 0 or a.num_train_epochs > 0, "--num_train_epochs", a.num_train_epochs, "must be > 0"),
+        (a.eval_steps is None or a.eval_steps > 0, "--eval_steps", a.eval_steps, "must be > 0"),
+        (a.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps", a.gradient_accumulation_steps,
+         "must be >= 1"),
+        (a.save_steps >= 0, "--save_steps", a.save_steps, "must be >= 0 (0 = no checkpoints)"),
+        (a.save_total_limit is None or a.save_total_limit >= 1, "--save_total_limit", a.save_total_limit,
+         "must be >= 1"),
+        (not np.isnan(a.zo_max_skipped_steps), "--zo_max_skipped_steps", a.zo_max_skipped_steps,
+         "must be a number (negative = never stop)"),
+    ]
+    for ok, flag, value, why in checks:
+        if not ok:
+            raise UsageError(f"{flag} {value}: {why}")
+    if a.resume_from_checkpoint and not a.do_train:
+        raise UsageError(f"--resume_from_checkpoint {a.resume_from_checkpoint}: needs --do_train")
+
+
+# Model types whose self-attention LoRA and prefix tuning know (src/lora.py, src/prefix.py).
+PEFT_MODEL_TYPES = ("roberta", "bert", "xlm-roberta", "camembert")
+
+
+def check_model_type(model_args, training_args):
+    """--apply_lora / --prefix_tuning on a model they cannot handle: read the config, not the weights."""
+    flags = [f for f, on in (("--apply_lora", model_args.apply_lora),
+                             ("--prefix_tuning", training_args.prefix_tuning)) if on]
+    if not flags:
+        return
+    from transformers import AutoConfig
+
+    from src.models import load_pretrained
+    config = load_pretrained(AutoConfig, model_args.config_name or model_args.model_name_or_path, model_args.cache_dir)
+    if config.model_type not in PEFT_MODEL_TYPES:
+        raise UsageError(f"{flags[0]}: model type {config.model_type!r} is not supported "
+                         f"(supported: {', '.join(PEFT_MODEL_TYPES)})")
+
+
+def resolve_resume(model_args, data_args, training_args):
+    """--resume_from_checkpoint: `auto` -> newest checkpoint or None; a path must be a compatible checkpoint."""
+    from src import checkpoint
+    path = checkpoint.resolve(training_args.resume_from_checkpoint, training_args.output_dir)
+    if path is not None:
+        checkpoint.check_compatible(path, model_args, data_args, training_args)
+    training_args.resume_from_checkpoint = path
 
 
 # Ablation flags of the reference that this version parses but does not implement yet.
-NOT_YET = ("zero_order_use_trainer_optim", "zo_variant", "zo_by_layer", "optimize_acc", "layer_wise_optim",
-           "use_zo_grad_est", "zero_order_sample_scheduler", "max_zo_forward_steps", "from_linearhead",
-           "prob_as_feature", "trainer", "recompute_norms", "scale_norm_by_num_params", "norm_running_update",
-           "change_grad_estimate", "scale_lr_with_samples", "zero_order_clip_grad")
+NOT_YET = ()
 
 
 def setup(argv):
@@ -97,8 +196,10 @@ def setup(argv):
         training_args.output_dir = os.path.join(training_args.output_dir, time.strftime("%Y%m%d-%H%M%S"))
     out = training_args.output_dir
     if (os.path.isdir(out) and os.listdir(out) and training_args.do_train
-            and not training_args.overwrite_output_dir):
+            and not training_args.overwrite_output_dir and not training_args.resume_from_checkpoint):
         raise UsageError(f"--output_dir {out}: exists and is not empty (pass --overwrite_output_dir)")
+    check_model_type(model_args, training_args)
+    resolve_resume(model_args, data_args, training_args)
     set_seed(training_args.seed)
     return model_args, data_args, training_args, task
 
@@ -158,6 +259,10 @@ def main(argv=None) -> int:
         if isinstance(e, ModelSourceError):
             print(f"error: {e}", file=sys.stderr)
             return 2
+        from src.trainer import TrainingDiverged
+        if isinstance(e, TrainingDiverged):  # a failed run: no record in the log
+            print(f"error: {e}", file=sys.stderr)
+            return 3
         raise
 
 
@@ -190,15 +295,16 @@ def run(argv=None) -> int:
     summary = {}
     if training_args.trainer == "linearhead" or training_args.from_linearhead:
         from src.linearhead import fit_linear_head
-        fit_linear_head(trainer, model, datasets["train"], task, training_args)
+        summary.update(fit_linear_head(trainer, model, datasets.get("train"), task, training_args) or {})
     train_start = time.time()
     if training_args.do_train and training_args.trainer != "linearhead":
-        out = trainer.train()
+        trainer.run_arg_groups = (model_args, data_args, training_args)  # fingerprint in checkpoints
+        out = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         summary["train_loss"] = out.training_loss
         trainer.restore_best()
         summary.update(trainer.train_summary())
         summary["train_steps_per_s"] = summary["global_step"] / max(time.time() - train_start, 1e-9)
-    if training_args.save_at_last:
+    if training_args.save_at_last and trainer.is_world_process_zero():
         save_trainable(model, training_args.output_dir)
 
     dev_metrics = test_metrics = None
@@ -211,7 +317,7 @@ def run(argv=None) -> int:
             save_logits(trainer, datasets["test"], data_args, training_args)
     write_metrics_files(training_args.output_dir, task.name, dev_metrics, test_metrics,
                         trainer.is_world_process_zero())
-    summary.update(wall_time_s=time.time() - start, trainable_params=n_trainable,
+    summary.update(wall_time_s=time.time() - start, trainable_params=n_trainable, world_size=training_args.world_size,
                    peak_memory_bytes=results.peak_memory_bytes(training_args.device))
     if trainer.is_world_process_zero():
         record = results.make_record(task.name, training_args.output_dir, dev_metrics, test_metrics,

@@ -8,10 +8,12 @@ fields so that old command lines parse, but setting one to a non-default value i
 """
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 from .errors import UsageError
@@ -99,20 +101,33 @@ class MezoTrainingArguments(TrainingArguments):
                           "of one extra copy of the trainable parameters")
     zo_no_decay_bias_norm: bool = _f(False, "MeZO: exempt biases and LayerNorm weights from weight decay (the "
                                      "reference decays every perturbed parameter)")
+    zo_max_skipped_steps: float = _f(100, "MeZO: stop the run (exit code 3, no log record) once more than this "
+                                     "many updates were skipped for a non-finite loss; below 1: a fraction of "
+                                     "max_steps; negative: never stop")
+    zo_check_sync_steps: int = _f(0, "data-parallel MeZO: every n steps compare a checksum of the trainable "
+                                  "parameters across ranks and stop if they differ (0 = off)")
     zero_order_use_trainer_optim: bool = _f(False, "[ablation] write the ZO gradient into .grad and let the "
                                             "torch optimizer and scheduler update")
-    zero_order_sample: int = _f(1, "[ablation] n in n-SPSA")
-    zero_order_sample_scheduler: Optional[str] = _f(None, "[ablation] constant or linear")
+    zero_order_sample: int = _f(1, "[ablation] n in n-SPSA: n SPSA pairs per step, estimates averaged "
+                                "(needs --zero_order_use_trainer_optim when n > 1)")
+    zero_order_sample_scheduler: Optional[str] = _f(None, "[ablation] constant (n samples) or linear "
+                                                    "(max(1, floor(step / max_steps * n))); unset means constant "
+                                                    "here - the reference used 1 sample when it was unset")
     scale_lr_with_samples: bool = _f(False, "[ablation] do not divide the n-SPSA estimate by n")
     zero_order_clip_grad: bool = _f(False, "[ablation] clip the ZO gradient norm to max_grad_norm")
-    zo_variant: Optional[str] = _f(None, "[ablation] grad_norm or param_norm")
+    zo_variant: Optional[str] = _f(None, "[ablation] grad_norm or param_norm: perturb block b by z/c_b and "
+                                   "write c_b z into the estimate (blocks: embed, head, each layer); on the "
+                                   "direct path too (the reference ignored it with --efficient_zero_order)")
     use_zo_grad_est: bool = _f(False, "[ablation] estimate block norms by ZO")
     recompute_norms: bool = _f(False, "[ablation] recompute block norms every epoch",
                                aliases=["--recmopute_norms"])
-    scale_norm_by_num_params: bool = _f(False, "[ablation] divide block norms by sqrt(#params)")
-    norm_running_update: bool = _f(False, "[ablation] refresh block norms from each estimate")
+    scale_norm_by_num_params: bool = _f(False, "[ablation] divide block constants by sqrt(#params of the block), "
+                                        "for every variant (the reference divided param_norm by sqrt(norm))")
+    norm_running_update: bool = _f(False, "[ablation] with --zo_by_layer --zo_variant grad_norm: refresh each "
+                                   "block constant from its latest estimate")
     change_grad_estimate: bool = _f(False, "[ablation] variants change the expectation, not only the variance")
-    zo_by_layer: bool = _f(False, "[ablation] one SPSA pair per block")
+    zo_by_layer: bool = _f(False, "[ablation] one SPSA pair per block (unblocked parameters form a last "
+                           "block); needs --zero_order_use_trainer_optim")
     max_zo_forward_steps: int = _f(0, "[ablation] also stop after this many ZO forward passes (0 = off)")
     optimize_acc: bool = _f(False, "[ablation] MeZO objective = minus the batch accuracy")
     layer_wise_optim: bool = _f(False, "[ablation] perturb only layer (step mod L) each step")
@@ -125,7 +140,8 @@ class MezoTrainingArguments(TrainingArguments):
     # --- linear probing
     from_linearhead: bool = _f(False, "fit the logistic-regression head first, then train (LP-FT)")
     lp_early_stopping: bool = _f(False, "looser logistic-regression solver (tol 1e-2, 1000 iterations)")
-    prob_as_feature: bool = _f(False, "linear probe on label-word probabilities")
+    prob_as_feature: bool = _f(False, "linear probe on the label-word distribution, read as centred "
+                               "log-probabilities so that the fitted head folds into the decoder rows")
     # --- run control
     overwrite_output_dir: bool = _f(False, "train into a non-empty output_dir (removed from TrainingArguments "
                                     "in transformers 5; kept because the scripts pass it)")
@@ -165,6 +181,12 @@ class MezoTrainingArguments(TrainingArguments):
     # Defaults that differ from TrainingArguments': this project does its own saving and reporting.
     report_to: Optional[str] = field(default="none", metadata={"help": "logging integrations"})
     save_strategy: str = field(default="no", metadata={"help": "Trainer checkpoints (see --save_steps)"})
+    save_steps: float = field(default=0, metadata={"help": "write output_dir/checkpoint-<step> every n updates "
+                              "(atomic; trainable weights, optimizer, RNG, best-dev state); 0 = never"})
+    save_total_limit: Optional[int] = field(default=2, metadata={"help": "keep the newest n checkpoints"})
+    resume_from_checkpoint: Optional[str] = field(default=None, metadata={
+        "help": "continue a killed run exactly: a checkpoint-<step> folder, or auto (the newest in output_dir; "
+                "none there: start from scratch)"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep mask_pos for the model"})
     disable_tqdm: Optional[bool] = field(default=False, metadata={"help": "progress bar off"})
     logging_steps: float = field(default=500, metadata={"help": "log every n updates"})
@@ -174,6 +196,10 @@ class MezoTrainingArguments(TrainingArguments):
         self.optim = {"adam": "adamw_torch", "sgd": "sgd"}[self.optimizer]
         if self.optimizer == "sgd" and self.momentum:
             self.optim_args = f"momentum={self.momentum}"
+        if self.save_steps and self.save_steps > 0 and str(self.save_strategy) in ("no", "SaveStrategy.NO"):
+            self.save_strategy = "steps"  # --save_steps alone turns checkpoints on
+        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+            self.use_cpu = True  # accelerate only sets up multi-process CPU (gloo) when told it is on CPU
         super().__post_init__()
 
 

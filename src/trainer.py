@@ -5,6 +5,10 @@ Back-propagation (the paper's FT rows) is the stock training loop untouched. MeZ
 the update applied there; the optimizer the loop then steps is a parameter-less placeholder that
 only carries the learning rate for the scheduler. The loop, logging, progress bar and stopping
 are the stock ones, so exactly `max_steps` updates happen.
+
+With `--zero_order_use_trainer_optim` (ablations, src/zo_ablations.py) `training_step` instead
+adds the SPSA estimate to `.grad` and the stock optimizer, scheduler, accumulation and (only with
+`--zero_order_clip_grad`) clipping do the rest.
 """
 import logging
 import math
@@ -13,9 +17,13 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
-from . import zo
+from . import checkpoint, distributed, zo, zo_ablations
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many MeZO steps skipped for a non-finite loss (--zo_max_skipped_steps): run.py exits 3, no record."""
 
 
 class LearningRateHolder(torch.optim.Optimizer):
@@ -79,6 +87,54 @@ class BestDevCallback(TrainerCallback):
         return True
 
 
+def skip_limit(value, max_steps):
+    """--zo_max_skipped_steps as a count: n >= 1 as is, 0 < x < 1 a fraction of max_steps, < 0 no limit."""
+    if value is None or value < 0:
+        return None
+    if 0 < value < 1:
+        return math.ceil(value * max_steps) if max_steps and max_steps > 0 else None
+    return int(value)
+
+
+class SkipLimitCallback(TrainerCallback):
+    """Stop the run once more than --zo_max_skipped_steps MeZO updates were skipped (non-finite loss)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kw):
+        skipped = getattr(self.trainer, "zo_skipped", 0)
+        limit = skip_limit(getattr(args, "zo_max_skipped_steps", None), state.max_steps)
+        if limit is not None and skipped > limit:
+            raise TrainingDiverged(
+                f"--zo_max_skipped_steps {args.zo_max_skipped_steps:g}: {skipped} of the first {state.global_step} "
+                f"MeZO steps were skipped for a non-finite loss; stopping (fp16 weights or a bad "
+                f"--zero_order_eps {args.zero_order_eps:g}? see README: fp16/bf16)")
+
+
+class Replica(torch.nn.Module):
+    """Marks the model as already wrapped, so that accelerate does not put it in DDP."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+class SyncCheckCallback(TrainerCallback):
+    """--zo_check_sync_steps N: fail loudly if the MeZO replicas of the ranks drift apart."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kw):
+        n = args.zo_check_sync_steps
+        if n and state.global_step % n == 0:
+            distributed.check_in_sync(self.trainer.zo_params, state.global_step)
+
+
 class MezoTrainer(Trainer):
     """Trainer whose step is MeZO when `--zero_order_optim` is on, the stock backprop step otherwise."""
 
@@ -86,9 +142,14 @@ class MezoTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.best = BestDevCallback(dev_objective)
         self.add_callback(self.best)
+        self.add_callback(checkpoint.ResumeCallback(self))
+        self.add_callback(SkipLimitCallback(self))
         a = self.args
         self.zo = a.zero_order_optim and not a.zero_order_use_trainer_optim
-        if self.zo:
+        # --zero_order_use_trainer_optim: the ZO estimate goes to .grad, the stock optimizer updates.
+        self.zo_trainer = a.zero_order_optim and a.zero_order_use_trainer_optim
+        self.zo_ab = None
+        if self.zo or self.zo_trainer:
             # One seed per step from a generator seeded by --seed, as the reference does.
             self.zo_seeds = np.random.RandomState(a.seed)
             named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -99,6 +160,11 @@ class MezoTrainer(Trainer):
             self.zo_forwards = 0
             # The reference's non-efficient mode stores z for the step; so does --zo_cache_z.
             self.zo_cache = a.zo_cache_z or not a.efficient_zero_order
+            if self.zo_trainer or zo_ablations.needs_state(a):
+                layers = getattr(getattr(self.model, "config", None), "num_hidden_layers", 1)
+                self.zo_ab = zo_ablations.ZOAblation(named, layers, a)
+            self.add_callback(zo_ablations.ZOControl(self))
+            self.add_callback(SyncCheckCallback(self))
 
     # ----- MeZO -------------------------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -109,7 +175,9 @@ class MezoTrainer(Trainer):
         return self.optimizer
 
     def _clip_grad_norm(self, model):
-        return None if self.zo else super()._clip_grad_norm(model)
+        if self.zo or (self.zo_trainer and not self.args.zero_order_clip_grad):
+            return None
+        return super()._clip_grad_norm(model)
 
     def _get_grad_norm(self, model, grad_norm=None):
         return None if self.zo else super()._get_grad_norm(model, grad_norm)
@@ -117,15 +185,24 @@ class MezoTrainer(Trainer):
     def zo_forward(self, model, inputs) -> torch.Tensor:
         """Loss of one forward pass in eval mode (dropout off), without autograd."""
         with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
+            if self.args.optimize_acc:
+                _, out = self.compute_loss(model, inputs, return_outputs=True)
+                loss = zo_ablations.minus_accuracy(out["logits"], inputs["labels"])
+            else:
+                loss = self.compute_loss(model, inputs)
         self.zo_forwards += 1
-        return loss.detach()
+        # Data-parallel MeZO: ranks share the step seed, so only the loss is exchanged.
+        return distributed.global_mean(loss.detach(), len(inputs["input_ids"]))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.zo_trainer:
+            return self.zo_trainer_step(model, inputs)
         if not self.zo:
             return super().training_step(model, inputs, num_items_in_batch)
         model.eval()
         inputs = self._prepare_inputs(inputs)
+        if self.zo_ab is not None:
+            return self.zo_ablation_direct_step(model, inputs)
         seed = int(self.zo_seeds.randint(1_000_000_000))
         step = zo.mezo_step(self.zo_params, lambda: self.zo_forward(model, inputs), seed=seed,
                             eps=self.args.zero_order_eps, lr=self._get_learning_rate(),
@@ -136,6 +213,58 @@ class MezoTrainer(Trainer):
                            self.state.global_step, step.loss_plus, step.loss_minus)
             return torch.tensor(float("nan"), device=self.args.device)
         return torch.tensor(step.loss_plus, device=self.args.device)
+
+    def _zo_next_seed(self) -> int:
+        return int(self.zo_seeds.randint(1_000_000_000))
+
+    def _zo_block_constants(self, model, inputs):
+        """--zo_variant: (re)compute the block constants on this batch when an epoch starts."""
+        def with_grad():
+            with self.compute_loss_context_manager():
+                return self.compute_loss(model, inputs)
+        self.zo_ab.maybe_consts(lambda: self.zo_forward(model, inputs), with_grad, self._zo_next_seed)
+
+    def zo_ablation_direct_step(self, model, inputs):
+        """Direct MeZO update with --layer_wise_optim / --zo_variant (src/zo_ablations.py)."""
+        self._zo_block_constants(model, inputs)
+        seed = self._zo_next_seed()
+        step = self.zo_ab.direct_step(lambda: self.zo_forward(model, inputs), seed=seed,
+                                      lr=self._get_learning_rate(), weight_decay=self.zo_decay,
+                                      global_step=self.state.global_step, cache_z=self.zo_cache)
+        if step.skipped:
+            self.zo_skipped += 1
+            logger.warning("step %d: non-finite MeZO loss (%s, %s); update skipped",
+                           self.state.global_step, step.loss_plus, step.loss_minus)
+            return torch.tensor(float("nan"), device=self.args.device)
+        return torch.tensor(step.loss_plus, device=self.args.device)
+
+    def zo_trainer_step(self, model, inputs):
+        """--zero_order_use_trainer_optim: SPSA pair(s) in eval mode without autograd, theta restored
+        after each, g z / (grad_accum n) added to .grad; the stock loop clips (only with
+        --zero_order_clip_grad), steps the optimizer and the scheduler and zeroes the grads."""
+        model.eval()
+        inputs = self._prepare_inputs(inputs)
+        self._zo_block_constants(model, inputs)
+        accum = max(1, int(getattr(self, "current_gradient_accumulation_steps", 1) or 1))
+        skipped = self.zo_ab.skipped
+        loss = self.zo_ab.accumulate_step(lambda: self.zo_forward(model, inputs), self._zo_next_seed,
+                                          global_step=self.state.global_step,
+                                          max_steps=self.state.max_steps, grad_accum=accum)
+        self.zo_skipped += self.zo_ab.skipped - skipped
+        return torch.tensor(loss / accum, device=self.args.device)
+
+    def _wrap_model(self, model, training=True, dataloader=None):
+        if self.zo and training and self.args.world_size > 1:
+            # No DistributedDataParallel (and none of its gradient buckets) for MeZO.
+            return Replica(self.model)
+        return super()._wrap_model(model, training, dataloader)
+
+    # ----- checkpoints (src/checkpoint.py): atomic, trainable parameters only, exact resume -----
+    def _save_checkpoint(self, model, trial):
+        checkpoint.save(self, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        checkpoint.load(self, resume_from_checkpoint)
 
     # ----- model selection --------------------------------------------------------------------
     def restore_best(self) -> bool:
@@ -152,6 +281,6 @@ class MezoTrainer(Trainer):
                "dev_curve": self.best.curve,
                "train_loss_curve": [(h["step"], h["loss"]) for h in self.state.log_history
                                     if "loss" in h and "step" in h and math.isfinite(h["loss"])]}
-        if self.zo:
+        if self.zo or self.zo_trainer:
             out.update(zo_skipped_steps=self.zo_skipped, zo_forward_steps=self.zo_forwards)
         return out

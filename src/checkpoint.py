@@ -1,0 +1,304 @@
+"""Crash-safe checkpoints (`--save_steps`) and exact resumption (`--resume_from_checkpoint PATH|auto`).
+
+The stock Trainer loop does the resuming: `train(resume_from_checkpoint=...)` reloads the optimizer,
+scheduler, AMP scaler and RNG states (python, NumPy global, torch CPU and CUDA) from their stock
+files, restores the TrainerState (step, epoch, log history) and fast-forwards the data loader
+(`skip_first_batches`; the seedable sampler orders epoch e by `seed + e`, so the position in the data
+is fully given by the step). This module replaces only what the stock code gets wrong or lacks:
+
+* `save` (MezoTrainer._save_checkpoint): writes output_dir/checkpoint-<step>/ **atomically**: every
+  file goes into `.tmp-checkpoint-<step>`, is fsynced, then the folder is renamed. Only the
+  trainable parameters are written (not the whole model), plus `extra_state.pt` with what lives
+  outside the stock state: the MeZO seed generator (`trainer.zo_seeds`), the counters
+  (`zo_skipped`, `zo_forwards`), the best-dev callback (score, step, weights, dev curve) and the
+  training-loss accumulators (so that `train_loss` and the logged losses match an uninterrupted
+  run). `meta.json` (step, arguments that must not change) is written last. At most
+  `--save_total_limit` (default 2) checkpoints are kept; older ones are first renamed away, then
+  deleted, so a kill at any moment leaves at least one complete checkpoint.
+* `load` (MezoTrainer._load_from_checkpoint): the trainable parameters and `extra_state.pt`.
+* No checkpoint is written at the last step: resuming there would need the stock loop to run zero
+  steps mid-epoch, which it cannot; a run killed during its final evaluation redoes at most
+  `--save_steps` steps.
+
+Layout of checkpoint-<step>/: trainable_params.pt, extra_state.pt, optimizer.pt, scheduler.pt,
+[scaler.pt], rng_state.pth, trainer_state.json, meta.json.
+"""
+import json
+import logging
+import os
+import re
+import shutil
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from .errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "checkpoint"
+WEIGHTS = "trainable_params.pt"
+EXTRA = "extra_state.pt"
+META = "meta.json"
+TRAINER_STATE = "trainer_state.json"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+_LEFTOVER = re.compile(r"^\.(tmp|trash)-checkpoint-\d+")
+FORMAT = 1
+
+# Arguments a resumed run must share with the run that wrote the checkpoint (else it would not
+# continue the same run: other data order, schedule, step or noise).
+MUST_MATCH = (
+    # model
+    "model_name_or_path", "config_name", "few_shot_type", "apply_lora", "lora_r", "lora_alpha",
+    "lora_freeze_head", "l2_loss",
+    # data
+    "task_name", "data_dir", "template", "mapping", "max_seq_length", "first_sent_limit",
+    "other_sent_limit", "truncate_head", "double_demo", "num_sample", "auto_demo", "demo_filter",
+    # training
+    "seed", "data_seed", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
+    "num_train_epochs", "learning_rate", "weight_decay", "lr_scheduler_type", "warmup_steps",
+    "warmup_ratio", "optimizer", "momentum", "adam_beta1", "adam_beta2", "adam_epsilon",
+    "max_grad_norm", "dataloader_drop_last", "fp16", "bf16", "zero_order_optim", "zero_order_eps",
+    "efficient_zero_order", "zo_cache_z", "zo_no_decay_bias_norm", "zero_order_use_trainer_optim",
+    "zero_order_sample", "evaluate_during_training", "eval_steps", "logging_steps", "head_tuning",
+    "prefix_tuning", "num_prefix", "no_reparam", "prefix_init_by_real_act", "tie_emb",
+    "random_model_init", "from_linearhead",
+)
+
+
+# ----- finding checkpoints ----------------------------------------------------------------------
+def step_of(path: str):
+    m = _NAME.match(os.path.basename(os.path.normpath(path)))
+    return int(m.group(1)) if m else None
+
+
+def is_complete(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, META)) and os.path.isfile(os.path.join(path, WEIGHTS))
+
+
+def list_checkpoints(output_dir: str):
+    """Complete checkpoints in output_dir as (step, path), oldest first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        m = _NAME.match(name)
+        path = os.path.join(output_dir, name)
+        if m and os.path.isdir(path) and is_complete(path):
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def latest(output_dir: str):
+    found = list_checkpoints(output_dir)
+    return found[-1][1] if found else None
+
+
+def read_meta(path: str) -> dict:
+    with open(os.path.join(path, META)) as f:
+        return json.load(f)
+
+
+def resolve(value, output_dir: str):
+    """The checkpoint folder that --resume_from_checkpoint names, or None to start fresh."""
+    if value in (None, "", "none", "None"):
+        return None
+    if value == "auto":
+        path = latest(output_dir)
+        if path is None:
+            logger.info("--resume_from_checkpoint auto: no checkpoint in %s, starting from scratch", output_dir)
+        else:
+            logger.info("--resume_from_checkpoint auto: resuming from %s", path)
+        return path
+    if not os.path.isdir(value):
+        raise UsageError(f"--resume_from_checkpoint {value}: no such folder")
+    if not is_complete(value):
+        raise UsageError(f"--resume_from_checkpoint {value}: not a complete checkpoint (no {META} or {WEIGHTS}; "
+                         "pass a checkpoint-<step> folder, or auto)")
+    logger.info("resuming from %s", value)
+    return value
+
+
+def args_fingerprint(*groups) -> dict:
+    from .results import json_safe
+    out = {}
+    for g in groups:
+        for name in MUST_MATCH:
+            if hasattr(g, name):
+                out[name] = json_safe(getattr(g, name))
+    return json.loads(json.dumps(out))
+
+
+def check_compatible(path: str, *groups) -> dict:
+    """Refuse to resume a checkpoint written with other run-defining arguments (before any model loads)."""
+    try:
+        meta = read_meta(path)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--resume_from_checkpoint {path}: unreadable {META} ({e})")
+    if meta.get("format") != FORMAT:
+        raise UsageError(f"--resume_from_checkpoint {path}: checkpoint format {meta.get('format')!r}, "
+                         f"this version reads {FORMAT}")
+    now = args_fingerprint(*groups)
+    for name, value in meta.get("args", {}).items():
+        if name in now and now[name] != value:
+            raise UsageError(f"--resume_from_checkpoint {path}: written with --{name} {value!r}, "
+                             f"this run has --{name} {now[name]!r}")
+    return meta
+
+
+# ----- writing ----------------------------------------------------------------------------------
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: str, output_dir: str) -> None:
+    """Rename away (atomic), then delete: a kill never leaves a half-deleted checkpoint-<n>."""
+    trash = os.path.join(output_dir, ".trash-" + os.path.basename(path))
+    if os.path.exists(trash):
+        shutil.rmtree(trash, ignore_errors=True)
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _random_state(rs: np.random.RandomState) -> list:
+    name, keys, pos, has_gauss, cached = rs.get_state(legacy=True)
+    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+
+
+def _set_random_state(rs: np.random.RandomState, state) -> None:
+    name, keys, pos, has_gauss, cached = state
+    rs.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def extra_state(trainer) -> dict:
+    best = trainer.best
+    state = {
+        "zo_seeds": _random_state(trainer.zo_seeds) if getattr(trainer, "zo_seeds", None) is not None else None,
+        "counters": {k: int(getattr(trainer, k)) for k in ("zo_skipped", "zo_forwards") if hasattr(trainer, k)},
+        # MeZO ablation state (src/zo_ablations.py), if that object exposes state_dict/load_state_dict
+        "zo_ab": trainer.zo_ab.state_dict() if hasattr(getattr(trainer, "zo_ab", None), "state_dict") else None,
+        "best": {"score": None if best.best_score is None else float(best.best_score),
+                 "step": best.best_step, "weights": best.best_state,
+                 "curve": [[int(s), float(v)] for s, v in best.curve]},
+        "loss": {"tr_loss": trainer._tr_loss.detach().to("cpu", copy=True),
+                 "total": float(trainer._total_loss_scalar),
+                 "last_logged": int(trainer._globalstep_last_logged),
+                 "initial_step": int(trainer._initial_global_step)},
+    }
+    return state
+
+
+def save(trainer, trial=None) -> str:
+    """Write checkpoint-<global_step> atomically and rotate; returns its path (None if skipped)."""
+    state = trainer.state
+    if state.max_steps and state.global_step >= state.max_steps:
+        return None  # see the module docstring: never resume at the very end
+    if not trainer.args.should_save:
+        return None
+    out = trainer._get_output_dir(trial=trial)
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(out):  # left over by a killed run
+        if _LEFTOVER.match(name):
+            shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+    final = os.path.join(out, f"{PREFIX}-{state.global_step}")
+    tmp = os.path.join(out, f".tmp-{PREFIX}-{state.global_step}")
+    os.makedirs(tmp)
+
+    weights = {n: p.detach().to("cpu", copy=True) for n, p in trainer.model.named_parameters() if p.requires_grad}
+    torch.save(weights, os.path.join(tmp, WEIGHTS))
+    torch.save(extra_state(trainer), os.path.join(tmp, EXTRA))
+    trainer._save_optimizer_and_scheduler(tmp)
+    trainer._save_scaler(tmp)
+    trainer._save_rng_state(tmp)
+    trainer.store_flos()
+    state.save_to_json(os.path.join(tmp, TRAINER_STATE))
+    groups = getattr(trainer, "run_arg_groups", None) or (trainer.args,)
+    meta = {"format": FORMAT, "global_step": state.global_step, "epoch": state.epoch,
+            "max_steps": state.max_steps, "train_examples": len(trainer.train_dataset),
+            "trainable": {n: list(t.shape) for n, t in weights.items()},
+            "args": args_fingerprint(*groups)}
+    with open(os.path.join(tmp, META), "w") as f:
+        json.dump(meta, f, indent=1)
+    for name in os.listdir(tmp):
+        _fsync_path(os.path.join(tmp, name))
+    _fsync_path(tmp)
+    if os.path.exists(final):  # an older attempt's checkpoint of the same step
+        _remove(final, out)
+    os.rename(tmp, final)
+    _fsync_path(out)
+    rotate(out, state.global_step, trainer.args.save_total_limit)
+    logger.info("checkpoint written: %s", final)
+    return final
+
+
+def rotate(output_dir: str, current: int, limit) -> None:
+    """Keep the `limit` newest checkpoints up to `current`; drop any later one (an abandoned future)."""
+    limit = 2 if limit is None else limit
+    if limit <= 0:
+        return
+    found = [(s, p) for s, p in list_checkpoints(output_dir)]
+    older = [(s, p) for s, p in found if s <= current]
+    stale = [p for s, p in found if s > current] + [p for _, p in older[:-limit]]
+    for path in stale:
+        _remove(path, output_dir)
+
+
+# ----- reading ----------------------------------------------------------------------------------
+def load(trainer, path: str) -> None:
+    """Trainable parameters and the extra state; the stock loop loads the rest."""
+    if not is_complete(path):
+        raise UsageError(f"--resume_from_checkpoint {path}: not a complete checkpoint")
+    meta = read_meta(path)
+    n_train = len(trainer.train_dataset)
+    if meta.get("train_examples") not in (None, n_train):
+        raise UsageError(f"--resume_from_checkpoint {path}: written for {meta['train_examples']} training "
+                         f"examples, this run has {n_train}")
+    weights = torch.load(os.path.join(path, WEIGHTS), map_location="cpu", weights_only=True)
+    params = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+    if set(weights) != set(params) or any(tuple(weights[n].shape) != tuple(p.shape) for n, p in params.items()):
+        missing = sorted(set(params) - set(weights)) or sorted(set(weights) - set(params))
+        raise UsageError(f"--resume_from_checkpoint {path}: its trainable parameters differ from this run's "
+                         f"(e.g. {missing[:1] or 'shapes'})")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(weights[n])
+    extra = torch.load(os.path.join(path, EXTRA), map_location="cpu", weights_only=True)
+    if extra["zo_seeds"] is not None and getattr(trainer, "zo_seeds", None) is not None:
+        _set_random_state(trainer.zo_seeds, extra["zo_seeds"])
+    for k, v in extra["counters"].items():
+        setattr(trainer, k, v)
+    zo_ab = getattr(trainer, "zo_ab", None)
+    if zo_ab is not None:
+        if extra.get("zo_ab") is not None and hasattr(zo_ab, "load_state_dict"):
+            zo_ab.load_state_dict(extra["zo_ab"])
+        else:
+            logger.warning("resuming a MeZO ablation run whose ablation state is not checkpointed: "
+                           "the continuation may differ from an uninterrupted run")
+    best, b = trainer.best, extra["best"]
+    best.best_score, best.best_step, best.best_state = b["score"], b["step"], b["weights"]
+    best.curve = [(s, v) for s, v in b["curve"]]
+    trainer._resume_loss = extra["loss"]  # applied at on_train_begin, after the loop resets them
+    logger.info("resumed from %s (step %d)", path, meta["global_step"])
+
+
+class ResumeCallback(TrainerCallback):
+    """Puts the loss accumulators back once the stock loop has reset them (right before step 1)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kw):
+        t = self.trainer
+        loss = getattr(t, "_resume_loss", None)
+        if loss is None:
+            return
+        t._resume_loss = None
+        t._tr_loss = loss["tr_loss"].to(t._tr_loss.device)
+        t._total_loss_scalar = loss["total"]
+        t._globalstep_last_logged = loss["last_logged"]
+        t._initial_global_step = loss["initial_step"]

@@ -1,0 +1,245 @@
+"""Robustness: bad input is refused before any model loads, the log survives concurrency and damage,
+a non-finite MeZO loss skips its update and too many of them stop the run."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+import run
+from src import results
+from src.trainer import MezoTrainer, TrainingDiverged, skip_limit
+
+TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
+MAPPING = "{0:'terrible',1:'great'}"
+LOG_BEFORE = b'{"existing": 1}\nnot json at all\n{"existing": 2}\n'
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, repo_root):
+    d = tmp_path_factory.mktemp("rdata") / "uci-sentiment" / "16-42"
+    d.mkdir(parents=True)
+    src = os.path.join(repo_root, "data/k-shot-1k-test/uci-sentiment/16-42")
+    for name in ("train.csv", "dev.csv"):
+        shutil.copy(os.path.join(src, name), d / name)
+    with open(os.path.join(src, "test.csv")) as f:
+        (d / "test.csv").write_text("".join(f.readlines()[:24]))
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory, tiny_roberta_dir):
+    """A tokenizer+config folder without weights, and a config-only folder of an unsupported type."""
+    root = tmp_path_factory.mktemp("models")
+    no_weights = root / "no_weights"
+    shutil.copytree(tiny_roberta_dir, no_weights,
+                    ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.pt"))
+    distil = root / "distil"
+    distil.mkdir()
+    (distil / "config.json").write_text(json.dumps({"model_type": "distilbert", "vocab_size": 100, "dim": 32,
+                                                    "n_layers": 1, "n_heads": 2, "hidden_dim": 37}))
+    return {"no_weights": str(no_weights), "distil": str(distil)}
+
+
+def _argv(data_dir, out, log, *extra, model="splade-tiny"):
+    return ["--model_name_or_path", model, "--task_name", "uci-sentiment", "--data_dir", data_dir,
+            "--few_shot_type", "prompt", "--template", TEMPLATE, "--mapping", MAPPING,
+            "--output_dir", str(out), "--log_file", str(log), "--do_train", "--do_eval", "--do_predict",
+            "--max_steps", "2", "--per_device_train_batch_size", "8", "--seed", "42", "--disable_tqdm", "true",
+            *extra]
+
+
+def _fake_checkpoint(path, **args):
+    os.makedirs(path)
+    torch.save({}, os.path.join(path, "trainable_params.pt"))
+    with open(os.path.join(path, "meta.json"), "w") as f:
+        json.dump({"format": 1, "global_step": 3, "args": args}, f)
+
+
+# (id, extra argv, needle that must be in the one-line message); {tmp}, {nw}, {distil} are filled in.
+BAD = [
+    ("task", ["--task_name", "nope"], "--task_name nope"),
+    ("data_dir-missing", ["--data_dir", "/no/such/dir"], "--data_dir /no/such/dir: no such folder"),
+    ("data_dir-no-split", ["--data_dir", "{tmp}/only_train"], "missing split file"),
+    ("template-no-mask", ["--template", "*cls**sent_0*_It_was.*sep+*"], "--template"),
+    ("mapping-unparsable", ["--mapping", "{0:'terrible'"], "--mapping"),
+    ("mapping-wrong-keys", ["--mapping", "{0:'terrible',5:'great'}"], "--mapping"),
+    ("mapping-extra-key", ["--mapping", "{0:'terrible',1:'great',2:'okay'}"], "--mapping"),
+    ("label-word-not-one-token", ["--mapping", "{0:'zzzqqqxx',1:'great'}"], "not a single token"),
+    ("label-word-before-weights", ["--model_name_or_path", "{nw}", "--mapping", "{0:'qqqqzzzzxxxx',1:'great'}",
+                                   "--first_sent_limit", "40"], "--mapping"),
+    ("train-batch", ["--per_device_train_batch_size", "0"], "--per_device_train_batch_size 0"),
+    ("eval-batch", ["--per_device_eval_batch_size", "0"], "--per_device_eval_batch_size 0"),
+    ("lr-negative", ["--learning_rate", "-1"], "--learning_rate -1"),
+    ("lr-nan", ["--learning_rate", "nan"], "--learning_rate nan"),
+    ("eps-zero", ["--zero_order_optim", "--zero_order_eps", "0"], "--zero_order_eps 0"),
+    ("eps-inf", ["--zero_order_optim", "--zero_order_eps", "inf"], "--zero_order_eps inf"),
+    ("steps-zero", ["--max_steps", "0"], "--max_steps 0"),
+    ("steps-negative", ["--max_steps", "-5"], "--max_steps -5"),
+    ("epochs-zero", ["--max_steps", "-1", "--num_train_epochs", "0"], "--num_train_epochs 0"),
+    ("eval_steps-missing", ["--evaluate_during_training"], "--eval_steps"),
+    ("eval_steps-zero", ["--evaluate_during_training", "--eval_steps", "0"], "--eval_steps"),
+    ("grad-accum", ["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps 0"),
+    ("lora-no-rank", ["--apply_lora"], "--apply_lora"),
+    ("lora-model-type", ["--model_name_or_path", "{distil}", "--apply_lora", "--lora_r", "8", "--lora_alpha", "16"],
+     "--apply_lora: model type 'distilbert' is not supported"),
+    ("prefix-model-type", ["--model_name_or_path", "{distil}", "--prefix_tuning"],
+     "--prefix_tuning: model type 'distilbert' is not supported"),
+    ("save_steps", ["--save_steps", "-1"], "--save_steps -1"),
+    ("save_total_limit", ["--save_total_limit", "0"], "--save_total_limit 0"),
+    ("resume-missing", ["--resume_from_checkpoint", "/no/such/checkpoint-5"], "--resume_from_checkpoint /no/such"),
+    ("resume-not-checkpoint", ["--resume_from_checkpoint", "{tmp}/only_train"], "not a complete checkpoint"),
+    ("resume-other-lr", ["--resume_from_checkpoint", "{tmp}/ck/checkpoint-3", "--learning_rate", "1e-4"],
+     "written with --learning_rate 0.001, this run has --learning_rate 0.0001"),
+    ("resume-no-train", ["--resume_from_checkpoint", "auto", "--no_train"], "needs --do_train"),
+    ("output_dir-not-empty", ["--output_dir", "{tmp}/only_train"], "--output_dir"),
+]
+
+
+@pytest.mark.parametrize("extra,needle", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_exit_2_one_line_log_byte_identical(tmp_path, data_dir, model_dirs, capsys, extra, needle):
+    only = tmp_path / "only_train"
+    only.mkdir()
+    shutil.copy(os.path.join(data_dir, "train.csv"), only / "train.csv")
+    _fake_checkpoint(str(tmp_path / "ck" / "checkpoint-3"), learning_rate=1e-3)
+    fill = {"tmp": str(tmp_path), "nw": model_dirs["no_weights"], "distil": model_dirs["distil"]}
+    for key, value in fill.items():
+        extra = [x.replace("{%s}" % key, value) for x in extra]
+    log = tmp_path / "log"
+    log.write_bytes(LOG_BEFORE)
+    assert run.main(_argv(data_dir, tmp_path / "out", log, *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    assert "Traceback" not in err[0]
+    assert log.read_bytes() == LOG_BEFORE
+
+
+# ----- the log under concurrency ---------------------------------------------------------------
+WRITER = """
+import sys
+sys.path.insert(0, {root!r})
+from src.results import append_record
+w = int(sys.argv[1])
+for i in range(50):
+    append_record(sys.argv[2], {{"task_name": "uci-sentiment", "writer": w, "i": i, "seed": w, "tag": "c",
+        "num_k": 16, "output_dir": "out/%d/%d" % (w, i), "data_dir": "d/16-%d" % w,
+        "uci-sentiment_dev_eval_acc": i / 50, "uci-sentiment_test_eval_acc": 0.5,
+        "pad": "x" * (5000 + 997 * i)}})
+"""
+
+
+def test_eight_writers_400_whole_lines_then_gather_skips_damage(tmp_path, repo_root):
+    log = tmp_path / "log"
+    log.write_bytes(LOG_BEFORE)
+    code = WRITER.format(root=repo_root)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(w), str(log)]) for w in range(8)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 8
+    data = log.read_bytes()
+    assert data.startswith(LOG_BEFORE)  # never rewritten or truncated
+    lines = data[len(LOG_BEFORE):].decode().splitlines()
+    assert len(lines) == 400
+    recs = [json.loads(line) for line in lines]
+    assert sorted((r["writer"], r["i"]) for r in recs) == [(w, i) for w in range(8) for i in range(50)]
+    for w in range(8):  # each writer's records in its own order
+        assert [r["i"] for r in recs if r["writer"] == w] == list(range(50))
+
+    # a damaged line (a killed writer without the lock, a truncated copy) is skipped with its number
+    with open(log, "ab") as f:
+        f.write(b'{"task_name": "uci-sentiment", "trunc\n')
+    p = subprocess.run([sys.executable, "tools/gather_result.py", "--log", str(log),
+                        "--condition", "{'task_name': 'uci-sentiment', 'tag': 'c'}"],
+                       cwd=repo_root, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert f"{log}:2: damaged record skipped" in p.stderr
+    assert f"{log}:404: damaged record skipped" in p.stderr
+    assert "(#seeds 8) (#runs 400)" in p.stdout
+
+
+# ----- non-finite MeZO losses ----------------------------------------------------------------
+def _zo_trainer(tmp_path, tiny_roberta_dir, **kw):
+    from transformers import AutoModelForMaskedLM
+
+    from src.arguments import MezoTrainingArguments
+    from src.data import Collator
+    from src.models import PromptMLM
+
+    torch.manual_seed(0)
+    model = PromptMLM(AutoModelForMaskedLM.from_pretrained(tiny_roberta_dir), 2, [10, 20])
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(8):
+        ids = torch.randint(5, 300, (6,), generator=g).tolist()
+        ids[2] = 4
+        items.append({"input_ids": ids, "attention_mask": [1] * 6, "mask_pos": 2, "label": i % 2})
+    args = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, learning_rate=1e-2,
+                max_steps=3, logging_steps=1, seed=3, disable_tqdm=True, use_cpu=True, zero_order_optim=True,
+                efficient_zero_order=True, zero_order_eps=1e-3, optimizer="sgd", lr_scheduler_type="constant")
+    args.update(kw)
+    return MezoTrainer(model=model, args=MezoTrainingArguments(**args), train_dataset=items,
+                       data_collator=Collator(1), dev_objective=lambda m: m["eval_acc"])
+
+
+def _params(trainer):
+    return [p.detach().clone() for p in trainer.zo_params]
+
+
+@pytest.mark.parametrize("cache_z", [False, True])
+def test_nan_loss_skips_update_params_unchanged(tmp_path, tiny_roberta_dir, caplog, cache_z):
+    trainer = _zo_trainer(tmp_path, tiny_roberta_dir, max_steps=2, zo_cache_z=cache_z)
+    forward = trainer.zo_forward
+    calls = []
+
+    def nan_on_step_2(model, inputs):  # both forwards of the second step are non-finite
+        calls.append(1)
+        loss = forward(model, inputs)
+        return loss * float("nan") if len(calls) > 2 else loss
+
+    snapshots = []
+
+    class Snap(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            snapshots.append(_params(trainer))
+
+    trainer.zo_forward = nan_on_step_2
+    trainer.add_callback(Snap())
+    trainer.train()
+    after = _params(trainer)
+    assert trainer.zo_skipped == 1 and trainer.zo_forwards == 4
+    moved = max((a - b).abs().max().item() for a, b in zip(snapshots[1], snapshots[0]))
+    assert moved > 1e-5  # a normal step does move theta
+    # the skipped step leaves theta as it was, up to the float32 rounding of theta + eps z - 2 eps z + eps z
+    for a, b in zip(after, snapshots[1]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+    assert "non-finite MeZO loss" in caplog.text
+
+
+def test_skip_limit_semantics():
+    assert skip_limit(100, 100_000) == 100
+    assert skip_limit(0, 50) == 0
+    assert skip_limit(0.01, 100_000) == 1000
+    assert skip_limit(-1, 10) is None
+
+
+def test_skip_threshold_stops_trainer(tmp_path, tiny_roberta_dir):
+    trainer = _zo_trainer(tmp_path, tiny_roberta_dir, max_steps=6, zo_max_skipped_steps=2)
+    forward = trainer.zo_forward
+    trainer.zo_forward = lambda model, inputs: forward(model, inputs) * float("inf")
+    with pytest.raises(TrainingDiverged, match="--zo_max_skipped_steps 2: 3 of the first 3"):
+        trainer.train()
+
+
+def test_skip_threshold_run_exits_3_log_untouched(tmp_path, data_dir, capsys, monkeypatch):
+    forward = MezoTrainer.zo_forward
+    monkeypatch.setattr(MezoTrainer, "zo_forward", lambda self, m, i: forward(self, m, i) * float("nan"))
+    log = tmp_path / "log"
+    log.write_bytes(LOG_BEFORE)
+    argv = _argv(data_dir, tmp_path / "out", log, "--zero_order_optim", "--efficient_zero_order",
+                 "--max_steps", "8", "--zo_max_skipped_steps", "0.25", "--optimizer", "sgd")
+    assert run.main(argv) == 3
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("Loading weights")]
+    assert len(err) == 1 and err[0].startswith("error: --zo_max_skipped_steps 0.25: 3 of the first 3"), err
+    assert log.read_bytes() == LOG_BEFORE

@@ -1,0 +1,327 @@
+"""Time and memory of one MeZO step against two forward passes, on a RoBERTa-large-shaped model.
+
+    python tools/bench_mezo.py                       # RoBERTa-large shape, batch 64 x 64, fp32, CPU
+    python tools/bench_mezo.py --shape base --reps 5
+    python tools/bench_mezo.py --device cuda --dtype bf16
+    python tools/bench_mezo.py --quick               # tiny model, batch 4 x 16, 2 reps (CI smoke test)
+
+The model is a randomly initialised RobertaForMaskedLM of the chosen shape (nothing is
+downloaded) wrapped as the project's prompt-based classifier (src/models.py: loss = cross-entropy
+over two label words at the mask). All parameters are trainable, as in full MeZO. Measured, each
+after a warm-up and as the median over --reps repetitions run interleaved (so that other load on
+the machine hits every variant alike):
+
+  fwd        one ZO forward (eval mode, no_grad)
+  default    src.zo.mezo_step (three noise passes; restore and update fused)
+  cache      src.zo.mezo_step(cache_z=True) (one noise pass; one extra copy of the parameters)
+  reference  the reference's step: torch.manual_seed(s) + torch.normal per parameter, four
+             regenerations, out-of-place `p.data = p.data + ...` updates
+
+and the peak memory of a forward and of a default (and a cached) step, each in a fresh child
+process: on CPU the peak RSS (VmHWM, reset after the model is built) minus the RSS before the
+model was built (so the interpreter and libraries do not count); on CUDA
+torch.cuda.max_memory_allocated. The last printed line is one JSON object whose keys include
+step_over_2fwd_default, step_over_2fwd_cache, step_over_2fwd_reference and mem_over_inference.
+"""
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+SHAPES = {
+    "large": dict(vocab_size=50265, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                  intermediate_size=4096),
+    "base": dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072),
+    "tiny": dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=128),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+EPS, LR = 1e-3, 1e-6
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="large")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--length", type=int, default=64)
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's choice); noise workers follow")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="noise threads for src.zo (default: torch.get_num_threads())")
+    ap.add_argument("--no_memory", action="store_true", help="skip the memory measurements")
+    ap.add_argument("--quick", action="store_true", help="tiny shape, batch 4, length 16, 2 reps")
+    ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.shape, args.batch, args.length, args.reps = "tiny", 4, 16, 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+# ---------------------------------------------------------------------------- model and batch
+class _LocalPromptMLM(torch.nn.Module):
+    """Fallback when src/models.py is unusable: loss at the mask over two label words."""
+
+    def __init__(self, mlm, label_word_ids):
+        super().__init__()
+        self.roberta, self.lm_head = mlm.roberta, mlm.lm_head
+        self.lm_head.decoder.weight = torch.nn.Parameter(self.lm_head.decoder.weight.detach().clone())
+        self.classifier = torch.nn.Linear(mlm.config.hidden_size, len(label_word_ids))
+        self.register_buffer("label_word_ids", torch.tensor(label_word_ids), persistent=False)
+
+    def forward(self, input_ids, attention_mask, mask_pos, labels):
+        h = self.roberta(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        h = h[torch.arange(len(h), device=h.device), mask_pos]
+        head = self.lm_head
+        feats = head.layer_norm(torch.nn.functional.gelu(head.dense(h)))
+        dec, ids = head.decoder, self.label_word_ids
+        logits = torch.nn.functional.linear(feats, dec.weight[ids], dec.bias[ids])
+        return torch.nn.functional.cross_entropy(logits, labels)
+
+
+def build(args):
+    """Model (eval mode, all parameters trainable), batch and the ZO loss closure."""
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    torch.manual_seed(0)
+    cfg = RobertaConfig(max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
+                        bos_token_id=0, eos_token_id=2, **SHAPES[args.shape])
+    mlm = RobertaForMaskedLM(cfg)
+    words = [cfg.vocab_size // 3, 2 * cfg.vocab_size // 3]
+    try:
+        from src.models import PromptMLM
+        model, wrapper = PromptMLM(mlm, 2, label_word_ids=words), "src.models.PromptMLM"
+    except Exception:   # the benchmark must not depend on the rest of the project being ready
+        model, wrapper = _LocalPromptMLM(mlm, words), "local"
+    model = model.to(device=args.device, dtype=DTYPES[args.dtype]).eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    g = torch.Generator().manual_seed(1)
+    b, n = args.batch, args.length
+    ids = torch.randint(5, cfg.vocab_size - 1, (b, n), generator=g)
+    ids[:, 0], ids[:, -1] = cfg.bos_token_id, cfg.eos_token_id
+    mask_pos = torch.randint(1, n - 1, (b,), generator=g)
+    ids[torch.arange(b), mask_pos] = cfg.vocab_size - 1          # <mask>
+    labels = torch.randint(0, 2, (b,), generator=g)
+    batch = {k: v.to(args.device) for k, v in dict(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                                    mask_pos=mask_pos, labels=labels).items()}
+
+    def loss_fn():
+        with torch.no_grad():
+            out = model(**batch)
+            return out if torch.is_tensor(out) else out.loss
+    params = [p for _, p in model.named_parameters() if p.requires_grad]
+    return model, params, loss_fn, wrapper
+
+
+def reference_step(params, loss_fn, seed):
+    """The reference's efficient MeZO step (four regenerations, out-of-place updates)."""
+    def perturb(scaling):
+        torch.manual_seed(seed)
+        for p in params:
+            z = torch.normal(mean=0, std=1, size=p.data.size(), device=p.data.device, dtype=p.data.dtype)
+            p.data = p.data + scaling * z * EPS
+    perturb(1)
+    lp = loss_fn()
+    perturb(-2)
+    lm = loss_fn()
+    g = ((lp - lm) / (2 * EPS)).item()
+    perturb(1)
+    torch.manual_seed(seed)
+    for p in params:
+        z = torch.normal(mean=0, std=1, size=p.data.size(), device=p.data.device, dtype=p.data.dtype)
+        p.data = p.data - LR * (g * z + 0.0 * p.data)
+    return lp
+
+
+# ---------------------------------------------------------------------------- measurements
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def _reset_peak_rss():
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def child_memory(args, what):
+    """Run in a fresh process: peak memory of one operation, returned as JSON on stdout."""
+    import transformers  # noqa: F401  (libraries are not part of the footprint)
+    from src import zo
+    try:
+        import src.models  # noqa: F401
+    except Exception:
+        pass
+
+    eng = zo.MeZO(args.workers)
+    cuda = args.device == "cuda"
+    before = torch.cuda.memory_allocated() if cuda else _status_kb("VmRSS")
+    model, params, loss_fn, _ = build(args)
+    _sync(args.device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        after_build, resettable = torch.cuda.memory_allocated(), True
+    else:
+        resettable = _reset_peak_rss()
+        after_build = _status_kb("VmRSS") if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    for s in range(2):   # the second call sees steady-state buffers (thread pool, caches)
+        if what == "fwd":
+            loss_fn()
+        elif what == "reference":
+            reference_step(params, loss_fn, s)
+        else:
+            eng.step(params, loss_fn, seed=s, eps=EPS, lr=LR, cache_z=(what == "cache"))
+    _sync(args.device)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = _status_kb("VmHWM") if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(dict(before=before, after_build=after_build, peak=peak)))
+
+
+def measure_memory(args, what):
+    cmd = [sys.executable, os.path.abspath(__file__), "--_child", "mem:" + what,
+           "--shape", args.shape, "--batch", str(args.batch), "--length", str(args.length),
+           "--dtype", args.dtype, "--device", args.device]
+    if args.workers is not None:
+        cmd += ["--workers", str(args.workers)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    r["footprint"] = r["peak"] - r["before"]          # model + everything the operation needs
+    r["growth"] = r["peak"] - r["after_build"]        # beyond the model
+    return r
+
+
+def timed(fn, device):
+    """(wall seconds, process CPU seconds): the CPU time stays meaningful on a busy machine."""
+    _sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args._child:
+        return child_memory(args, args._child.split(":", 1)[1])
+    from src import zo
+
+    eng = zo.MeZO(args.workers)
+    t0 = time.perf_counter()
+    model, params, loss_fn, wrapper = build(args)
+    n_params = sum(p.numel() for p in params)
+    print(f"model: RoBERTa-{args.shape} ({n_params / 1e6:.1f}M trainable parameters, {wrapper}), "
+          f"batch {args.batch} x {args.length}, {args.dtype}, {args.device}; built in "
+          f"{time.perf_counter() - t0:.1f}s; torch threads {torch.get_num_threads()}, "
+          f"noise workers {eng._n_workers()}", flush=True)
+
+    seeds = iter(range(10 ** 6))
+    variants = {
+        "fwd": lambda: loss_fn(),
+        "default": lambda: eng.step(params, loss_fn, seed=next(seeds), eps=EPS, lr=LR),
+        "cache": lambda: eng.step(params, loss_fn, seed=next(seeds), eps=EPS, lr=LR, cache_z=True),
+        "reference": lambda: reference_step(params, loss_fn, next(seeds)),
+    }
+    times = {k: [] for k in variants}
+    cpu = {k: [] for k in variants}
+    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    for rep in range(-args.warmup, args.reps):
+        for name, fn in variants.items():
+            dt, dc = timed(fn, args.device)
+            if name == "cache" and rep == args.reps - 1:
+                eng.release_cache()
+            if rep >= 0:
+                times[name].append(dt)
+                cpu[name].append(dc)
+        print(f"  {'warm-up' if rep < 0 else 'rep ' + str(rep)}: " + ", ".join(
+            f"{k} {v[-1]:.3f}s" for k, v in times.items() if v), flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    cmed = {k: statistics.median(v) for k, v in cpu.items()}
+    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+    mem = {}
+    if not args.no_memory:
+        for what in ("fwd", "default") + (() if args.quick else ("cache",)):
+            mem[what] = measure_memory(args, what)
+
+    two, ctwo = 2 * med["fwd"], 2 * cmed["fwd"]
+    res = {
+        "step_over_2fwd_default": med["default"] / two,
+        "step_over_2fwd_cache": med["cache"] / two,
+        "step_over_2fwd_reference": med["reference"] / two,
+    }
+    if args.device == "cpu":
+        res.update({f"cpu_step_over_2fwd_{k}": cmed[k] / ctwo for k in ("default", "cache", "reference")})
+    if mem:
+        res["mem_over_inference"] = mem["default"]["footprint"] / mem["fwd"]["footprint"]
+        if "cache" in mem:
+            res["mem_over_inference_cache"] = mem["cache"]["footprint"] / mem["fwd"]["footprint"]
+    res.update({f"{k}_s": v for k, v in med.items()})
+    res.update({f"{k}_all_s": [round(x, 4) for x in v] for k, v in times.items()})
+    if args.device == "cpu":
+        res.update({f"{k}_cpu_s": v for k, v in cmed.items()})
+    for k, m in mem.items():
+        res[f"mem_{k}_footprint_mb"] = m["footprint"] / 2 ** 20
+        res[f"mem_{k}_growth_mb"] = m["growth"] / 2 ** 20
+    res.update(shape=args.shape, batch=args.batch, length=args.length, dtype=args.dtype,
+               device=args.device, params_m=n_params / 1e6, reps=args.reps,
+               torch_threads=torch.get_num_threads(), noise_workers=eng._n_workers(),
+               loadavg_start=load0, loadavg_end=load1)
+
+    print()
+    cpu_cols = args.device == "cpu"
+    print(f"{'':<34}{'median s':>10}{'/ 2 fwd':>10}" + (f"{'CPU s':>10}{'/ 2 fwd':>10}" if cpu_cols else ""))
+    for k, label in [("fwd", "forward (ZO loss)"), ("default", "mezo_step (default)"),
+                     ("cache", "mezo_step (cache_z=True)"), ("reference", "reference step")]:
+        print(f"{label:<34}{med[k]:>10.3f}{med[k] / two:>10.3f}"
+              + (f"{cmed[k]:>10.3f}{cmed[k] / ctwo:>10.3f}" if cpu_cols else ""))
+    print(f"(load average {load0:.2f} at the start, {load1:.2f} at the end of the timings)")
+    if mem:
+        print()
+        print(f"{'peak memory':<34}{'MiB':>10}{'/ fwd':>10}{'beyond model MiB':>18}")
+        for k, label in [("fwd", "forward"), ("default", "mezo_step (default)"),
+                         ("cache", "mezo_step (cache_z=True)")]:
+            if k not in mem:
+                continue
+            print(f"{label:<34}{mem[k]['footprint'] / 2 ** 20:>10.0f}"
+                  f"{mem[k]['footprint'] / mem['fwd']['footprint']:>10.3f}{mem[k]['growth'] / 2 ** 20:>18.0f}")
+    print(json.dumps({k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v)
+                      for k, v in res.items()}))
+
+
+if __name__ == "__main__":
+    main()
