@@ -68,5 +68,8 @@ else
     "$PYTHON" run.py "${ARGS[@]}" || status=$?
 fi
 # Only the record in ./log persists, as in the reference; KEEP_OUTPUT=1 keeps the folder.
-if [ "${KEEP_OUTPUT:-0}" != 1 ]; then rm -rf "$OUTPUT_DIR"; fi
+if [ "${KEEP_OUTPUT:-0}" != 1 ]; then
+    rm -rf "$OUTPUT_DIR"
+    rmdir "$(dirname "$OUTPUT_DIR")" result 2>/dev/null || true
+fi
 exit $status
