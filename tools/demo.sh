@@ -8,8 +8,8 @@ COMMON=(--per_device_eval_batch_size 64 --disable_tqdm true)
 export MODEL=splade-tiny TASK=uci-sentiment SEED
 echo "== zero-shot (no training)"
 TAG=demo-zero-shot bash finetune.sh --no_train "${COMMON[@]}" | grep -E '^(dev|test):'
-echo "== MeZO: ${STEP:=400} steps, batch ${BS:=16}, lr ${LR:=1e-4}, eps ${EPS:=1e-3}"
-TAG=demo-mezo STEP=$STEP EVAL_STEP=$((STEP / 4)) BS=$BS LR=$LR EPS=$EPS bash mezo.sh "${COMMON[@]}" \
+echo "== MeZO: ${STEP:=200} steps, batch ${BS:=16}, lr ${LR:=1e-4}, eps ${EPS:=1e-3}"
+TAG=demo-mezo STEP=$STEP EVAL_STEP=$((STEP / 10)) BS=$BS LR=$LR EPS=$EPS bash mezo.sh "${COMMON[@]}" \
     | grep -E '^(dev|test):|trainable'
 echo "== summary (tools/gather_result.py)"
 for tag in demo-zero-shot demo-mezo; do
