@@ -13,11 +13,14 @@ everything here is in place, chunked and allocation-light:
 * **CPU:** chunks run on a small thread pool (the calling thread plus ``workers - 1`` threads;
   ``workers`` defaults to ``torch.get_num_threads()``). A chunk is drawn into a per-thread buffer
   and applied to the parameter slices at once while still in cache, so z is never materialised for
-  the whole model. Bits come from NumPy's PCG64DXSM (about 5x cheaper than torch's CPU mt19937)
-  and become Gaussians by Box-Muller, the transform torch's own CPU ``normal_`` uses, computed with
-  single-threaded NumPy ufuncs that release the GIL. Because every chunk is computed by the same
-  serial code, results are bitwise identical for any number of workers and torch threads (on a
-  given machine; SIMD math may differ in the last ulp across CPU types).
+  the whole model. Bits come from NumPy's PCG64DXSM (a fraction of the cost of torch's CPU
+  mt19937, which dominates ``normal_``) and become Gaussians by Box-Muller, the transform torch's
+  own CPU ``normal_`` uses, computed with single-threaded NumPy ufuncs that release the GIL. A
+  whole pass (draw + apply) costs about 3.4 ns per parameter per core on the project's CPU,
+  against about 9 for torch ``normal_`` + ``add_`` and about 19 for the reference's out-of-place
+  pass. Every chunk is computed by the same serial code, so results are bitwise identical for
+  any number of workers and torch threads (on a given machine; SIMD math may differ in the last
+  ulp across CPU types).
 * **CUDA:** one generator per device, re-seeded per chunk; chunks are looped (no threads) and
   applied with multi-tensor ``torch._foreach_*`` kernels.
 * **dtype:** z is drawn "in the parameter dtype" as the reference does: float32 and float64
@@ -28,9 +31,14 @@ everything here is in place, chunked and allocation-light:
 
 A MeZO step does three noise passes instead of the reference's four: +eps z, -2 eps z, and one
 fused pass for restore + update, theta <- (1 - lr wd) theta_- + ((1 - lr wd) eps - lr g) z,
-which equals "restore, then theta <- theta - lr (g z + wd theta)" up to rounding. With
+which equals "restore, then theta <- theta - lr (g z + wd theta)" up to rounding (the decay is
+applied as theta + (-lr wd) theta, so a tiny lr*wd is not lost by rounding 1 - lr*wd). With
 ``cache_z=True`` z is drawn once per step into buffers that are kept (and reused) across steps:
 one noise pass and two cheap memory passes, at the cost of one extra copy of the parameters.
+A non-finite projected gradient restores theta (theta_- + eps z, the same arithmetic as a plain
++eps/-2eps/+eps sequence; floating point does not give theta back bit for bit without a copy)
+and skips the update; a loss_fn that raises has its perturbation taken back before the error
+propagates. A ``MeZO`` instance is not meant to be used from several threads at once.
 """
 import concurrent.futures
 import hashlib
