@@ -77,7 +77,8 @@ def test_unknown_head_is_a_usage_error():
 def test_unreachable_hub_name_fails_with_one_line(monkeypatch):
     from src.embedded import ModelSourceError
     from src.models import load_tokenizer
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail fast, no retries
     with pytest.raises(ModelSourceError) as e:
         load_tokenizer("no-such-org/no-such-model-xyz")
     msg = str(e.value)
