@@ -207,6 +207,10 @@ class MezoTrainer(Trainer):
         step = zo.mezo_step(self.zo_params, lambda: self.zo_forward(model, inputs), seed=seed,
                             eps=self.args.zero_order_eps, lr=self._get_learning_rate(),
                             weight_decay=self.zo_decay, cache_z=self.zo_cache)
+        return self._zo_loss(step)
+
+    def _zo_loss(self, step) -> torch.Tensor:
+        """The loss the loop logs for a MeZO step; a skipped (non-finite) step is counted and logged."""
         if step.skipped:
             self.zo_skipped += 1
             logger.warning("step %d: non-finite MeZO loss (%s, %s); update skipped",
@@ -231,12 +235,7 @@ class MezoTrainer(Trainer):
         step = self.zo_ab.direct_step(lambda: self.zo_forward(model, inputs), seed=seed,
                                       lr=self._get_learning_rate(), weight_decay=self.zo_decay,
                                       global_step=self.state.global_step, cache_z=self.zo_cache)
-        if step.skipped:
-            self.zo_skipped += 1
-            logger.warning("step %d: non-finite MeZO loss (%s, %s); update skipped",
-                           self.state.global_step, step.loss_plus, step.loss_minus)
-            return torch.tensor(float("nan"), device=self.args.device)
-        return torch.tensor(step.loss_plus, device=self.args.device)
+        return self._zo_loss(step)
 
     def zo_trainer_step(self, model, inputs):
         """--zero_order_use_trainer_optim: SPSA pair(s) in eval mode without autograd, theta restored
