@@ -11,6 +11,8 @@ import threading
 import time
 
 import pytest
+
+import tiny
 import torch
 
 import run
@@ -64,14 +66,7 @@ sys.exit(run.main(sys.argv[1:]))
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, repo_root):
-    d = tmp_path_factory.mktemp("ckdata") / "uci-sentiment" / "16-42"
-    d.mkdir(parents=True)
-    src = os.path.join(repo_root, "data/k-shot-1k-test/uci-sentiment/16-42")
-    for name in ("train.csv", "dev.csv"):
-        shutil.copy(os.path.join(src, name), d / name)
-    with open(os.path.join(src, "test.csv")) as f:
-        (d / "test.csv").write_text("".join(f.readlines()[:24]))
-    return str(d)
+    return tiny.small_uci_split(tmp_path_factory.mktemp("ckdata") / "uci-sentiment" / "16-42", 24)
 
 
 STEPS = 24  # 32 training examples, batch 8: 4 steps per epoch, 6 epochs

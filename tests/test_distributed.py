@@ -1,7 +1,6 @@
 """Data-parallel runs under torchrun (gloo, 2 CPU processes) equal one process with the same global batch."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -17,14 +16,8 @@ TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
 def setup(tmp_path_factory, repo_root):
     root = tmp_path_factory.mktemp("ddp")
     model = tiny.build_tiny_roberta(str(root / "model"), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    data = root / "data"
-    data.mkdir()
-    src = os.path.join(repo_root, "data/k-shot-1k-test/uci-sentiment/16-42")
-    for name in ("train.csv", "dev.csv"):
-        shutil.copy(os.path.join(src, name), data / name)
-    with open(os.path.join(src, "test.csv")) as f:
-        (data / "test.csv").write_text("".join(f.readlines()[:24]))
-    return root, model, str(data)
+    data = tiny.small_uci_split(root / "data", 24)
+    return root, model, data
 
 
 def _run(root, model, data, name, nproc, batch, *extra):

@@ -1,14 +1,14 @@
 """Linear probing (`--trainer linearhead`, `--from_linearhead`): the probe, the write-back, run.py."""
 import copy
 import json
-import os
-import shutil
 import types
 
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+import tiny
 
 import run
 from src.arguments import MezoTrainingArguments
@@ -127,14 +127,7 @@ def test_finetune_model_probe(tmp_path, tiny_bert_dir):
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory, repo_root):
-    d = tmp_path_factory.mktemp("data") / "uci-sentiment" / "16-42"
-    d.mkdir(parents=True)
-    src = os.path.join(repo_root, "data/k-shot-1k-test/uci-sentiment/16-42")
-    for name in ("train.csv", "dev.csv"):
-        shutil.copy(os.path.join(src, name), d / name)
-    with open(os.path.join(src, "test.csv")) as f:
-        (d / "test.csv").write_text("".join(f.readlines()[:40]))
-    return str(d)
+    return tiny.small_uci_split(tmp_path_factory.mktemp("data") / "uci-sentiment" / "16-42", 40)
 
 
 def _argv(data_dir, out, log, *extra):

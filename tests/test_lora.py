@@ -4,6 +4,8 @@ import types
 
 import loralib
 import pytest
+
+import tiny
 import torch
 from transformers import AutoModelForMaskedLM
 
@@ -187,16 +189,7 @@ def test_mezo_lora_only_moves_loss_through_lora(tiny_roberta_dir):
 
 def _small_data(tmp_path, repo_root):
     """The committed uci-sentiment 16-42 split with the test set cut to 40 sentences."""
-    import os
-    import shutil
-    d = tmp_path / "data"
-    d.mkdir()
-    src = os.path.join(repo_root, "data/k-shot-1k-test/uci-sentiment/16-42")
-    for name in ("train.csv", "dev.csv"):
-        shutil.copy(os.path.join(src, name), d / name)
-    with open(os.path.join(src, "test.csv")) as f:
-        (d / "test.csv").write_text("".join(f.readlines()[:40]))
-    return str(d)
+    return tiny.small_uci_split(tmp_path / "data", 40)
 
 
 def run_small(tmp_path, repo_root, *extra):

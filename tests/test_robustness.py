@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+
+import tiny
 import torch
 from transformers import TrainerCallback
 
@@ -21,14 +23,7 @@ LOG_BEFORE = b'{"existing": 1}\nnot json at all\n{"existing": 2}\n'
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, repo_root):
-    d = tmp_path_factory.mktemp("rdata") / "uci-sentiment" / "16-42"
-    d.mkdir(parents=True)
-    src = os.path.join(repo_root, "data/k-shot-1k-test/uci-sentiment/16-42")
-    for name in ("train.csv", "dev.csv"):
-        shutil.copy(os.path.join(src, name), d / name)
-    with open(os.path.join(src, "test.csv")) as f:
-        (d / "test.csv").write_text("".join(f.readlines()[:24]))
-    return str(d)
+    return tiny.small_uci_split(tmp_path_factory.mktemp("rdata") / "uci-sentiment" / "16-42", 24)
 
 
 @pytest.fixture(scope="module")

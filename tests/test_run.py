@@ -1,13 +1,12 @@
 """run.py end to end on the embedded model, and its handling of bad input."""
 import json
-import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
 import run
+import tiny
 
 TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
 MAPPING = "{0:'terrible',1:'great'}"
@@ -16,15 +15,7 @@ MAPPING = "{0:'terrible',1:'great'}"
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory, repo_root):
     """The committed uci-sentiment 16-42 split with the test set cut to 40 sentences."""
-    d = tmp_path_factory.mktemp("data") / "uci-sentiment" / "16-42"
-    d.mkdir(parents=True)
-    src = os.path.join(repo_root, "data/k-shot-1k-test/uci-sentiment/16-42")
-    for name in ("train.csv", "dev.csv"):
-        shutil.copy(os.path.join(src, name), d / name)
-    with open(os.path.join(src, "test.csv")) as f:
-        lines = f.readlines()[:40]
-    (d / "test.csv").write_text("".join(lines))
-    return str(d)
+    return tiny.small_uci_split(tmp_path_factory.mktemp("data") / "uci-sentiment" / "16-42", 40)
 
 
 def _argv(data_dir, out, log, *extra):

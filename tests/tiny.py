@@ -63,3 +63,18 @@ def build_tiny_bert(out_dir: str, seed: int = 0, **config_overrides):
     torch.manual_seed(seed)
     BertForMaskedLM(BertConfig(**kw)).save_pretrained(out_dir)
     return out_dir
+
+
+def small_uci_split(dst, test_rows=40):
+    """The committed uci-sentiment 16-42 split in `dst`, with the test set cut to `test_rows` sentences."""
+    import shutil
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = os.path.join(root, "data/k-shot-1k-test/uci-sentiment/16-42")
+    os.makedirs(dst, exist_ok=True)
+    for name in ("train.csv", "dev.csv"):
+        shutil.copy(os.path.join(src, name), os.path.join(dst, name))
+    with open(os.path.join(src, "test.csv")) as f:
+        lines = f.readlines()[:test_rows]
+    with open(os.path.join(dst, "test.csv"), "w") as f:
+        f.write("".join(lines))
+    return str(dst)
