@@ -21,12 +21,7 @@ from src.trainer import MezoTrainer
 WORDS = [10, 20, 30]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _toy(n=24, num_labels=2, seed=0, mask=True):

@@ -4,6 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
+import tiny
+
 from src import zo
 from src.arguments import MezoTrainingArguments
 from src.data import Collator
@@ -11,15 +13,7 @@ from src.models import PromptMLM
 from src.trainer import BestDevCallback, MezoTrainer
 
 
-def _dataset(n=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    items = []
-    for i in range(n):
-        length = 5 + i % 3
-        ids = torch.randint(5, 300, (length,), generator=g).tolist()
-        ids[2] = 4  # <mask>
-        items.append({"input_ids": ids, "attention_mask": [1] * length, "mask_pos": 2, "label": i % 2})
-    return items
+_dataset = tiny.mask_dataset
 
 
 def _model(path, dropout=0.1):

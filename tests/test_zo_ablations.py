@@ -8,6 +8,8 @@ import torch
 from torch.utils.data import SequentialSampler
 from transformers import AutoModelForMaskedLM
 
+import tiny
+
 import run
 from src import zo, zo_ablations
 from src.arguments import MezoTrainingArguments, parse_args
@@ -20,24 +22,10 @@ from src.trainer import MezoTrainer
 LR, EPS, SEED = 1e-2, 1e-3, 3
 
 
-def _dataset(n=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    items = []
-    for i in range(n):
-        length = 5 + i % 3
-        ids = torch.randint(5, 300, (length,), generator=g).tolist()
-        ids[2] = 4  # <mask>
-        items.append({"input_ids": ids, "attention_mask": [1] * length, "mask_pos": 2, "label": i % 2})
-    return items
+_dataset = tiny.mask_dataset
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add synchronisation cost (large on a shared CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

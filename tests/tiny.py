@@ -78,3 +78,15 @@ def small_uci_split(dst, test_rows=40):
     with open(os.path.join(dst, "test.csv"), "w") as f:
         f.write("".join(lines))
     return str(dst)
+
+
+def mask_dataset(n=12, seed=0):
+    """Random token sequences (ids 5..299, lengths 5-7) with <mask> (id 4) at position 2, labels 0/1."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for i in range(n):
+        length = 5 + i % 3
+        ids = torch.randint(5, 300, (length,), generator=g).tolist()
+        ids[2] = 4
+        items.append({"input_ids": ids, "attention_mask": [1] * length, "mask_pos": 2, "label": i % 2})
+    return items
