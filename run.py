@@ -102,7 +102,7 @@ def validate_ablations(a, task):
         raise UsageError(f"--zo_variant {a.zo_variant!r}: expected grad_norm or param_norm")
     if a.use_zo_grad_est and a.zo_variant != "grad_norm":
         raise UsageError("--use_zo_grad_est: needs --zo_variant grad_norm")
-    for flag in ("recompute_norms", "scale_norm_by_num_params", "change_grad_estimate"):
+    for flag in ("recompute_norms", "scale_norm_by_num_params", "change_grad_estimate", "zo_variant_corrected"):
         if is_set(flag) and not a.zo_variant:
             raise UsageError(f"--{flag}: needs --zo_variant grad_norm or param_norm")
     if a.norm_running_update and not (a.zo_by_layer and a.zo_variant == "grad_norm"):
@@ -225,13 +225,18 @@ def build_data(model_args, data_args, training_args, task, tokenizer):
     kw = {k: getattr(data_args, k) for k in ("max_seq_length", "first_sent_limit", "other_sent_limit",
                                              "truncate_head", "double_demo", "num_sample", "demo_filter",
                                              "demo_filter_rate", "demo_filter_model", "data_dir")}
+    # Demonstrations: the original draws them from NumPy's global stream, seeded with --seed before
+    # the datasets are built and again before training. So dev's demos and then test's come from
+    # one stream (test continues where dev stopped), and training draws from a fresh one.
+    streams = {"train": training_args.seed, "dev": np.random.RandomState(training_args.seed)}
+    streams["test"] = streams["dev"]
     sets = {}
     for split, on in wanted.items():
         if on:
             examples = train_examples if split == "train" else task.read_examples(data_args.data_dir, split)
             sets[split] = data.build_dataset(split, examples, train_examples, tokenizer, task=task,
                                              template=template, label_word_ids=word_ids, prompt=prompt,
-                                             demo=demo, seed=training_args.seed, **kw)
+                                             demo=demo, seed=streams[split], **kw)
     return sets, word_ids
 
 

@@ -91,6 +91,8 @@ class MezoTrainingArguments(TrainingArguments):
     log_file: str = _f("log", "result log: one JSON record per finished run is appended")
     # --- optimiser choice
     optimizer: str = _f("adam", "adam (AdamW) or sgd", choices=["adam", "sgd"])
+    torch_adamw: bool = _f(False, "with --optimizer adam, use torch.optim.AdamW instead of the original's "
+                           "transformers-4 AdamW (eps before the bias correction, weight decay after the update)")
     momentum: float = _f(0.0, "SGD momentum (--optimizer sgd, backprop or --zero_order_use_trainer_optim)")
     trainer: str = _f("standard", "standard or linearhead (logistic-regression probe)")
     # --- MeZO
@@ -116,13 +118,20 @@ class MezoTrainingArguments(TrainingArguments):
     scale_lr_with_samples: bool = _f(False, "[ablation] do not divide the n-SPSA estimate by n")
     zero_order_clip_grad: bool = _f(False, "[ablation] clip the ZO gradient norm to max_grad_norm")
     zo_variant: Optional[str] = _f(None, "[ablation] grad_norm or param_norm: perturb block b by z/c_b and "
-                                   "write c_b z into the estimate (blocks: embed, head, each layer); on the "
-                                   "direct path too (the reference ignored it with --efficient_zero_order)")
+                                   "write c_b z into the estimate (blocks: embed, head, each layer). As in the "
+                                   "original, --efficient_zero_order perturbs with plain z and the direct update "
+                                   "uses plain z; --zo_variant_corrected applies the variant on every path")
+    zo_variant_corrected: bool = _f(False, "[ablation] the variants as the paper defines them: z/c_b perturbation "
+                                    "and c_b z update on every path (also with --efficient_zero_order and on the "
+                                    "direct update), and --scale_norm_by_num_params divides every kind of "
+                                    "constant by sqrt(#params)")
     use_zo_grad_est: bool = _f(False, "[ablation] estimate block norms by ZO")
     recompute_norms: bool = _f(False, "[ablation] recompute block norms every epoch",
                                aliases=["--recmopute_norms"])
-    scale_norm_by_num_params: bool = _f(False, "[ablation] divide block constants by sqrt(#params of the block), "
-                                        "for every variant (the reference divided param_norm by sqrt(norm))")
+    scale_norm_by_num_params: bool = _f(False, "[ablation] divide back-propagated grad_norm constants by "
+                                        "sqrt(#params of the block); as in the original, a param_norm constant c "
+                                        "becomes c/sqrt(c) and ZO-estimated constants are not scaled (all three "
+                                        "divided by sqrt(#params) with --zo_variant_corrected)")
     norm_running_update: bool = _f(False, "[ablation] with --zo_by_layer --zo_variant grad_norm: refresh each "
                                    "block constant from its latest estimate")
     change_grad_estimate: bool = _f(False, "[ablation] variants change the expectation, not only the variance")
@@ -190,8 +199,15 @@ class MezoTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep mask_pos for the model"})
     disable_tqdm: Optional[bool] = field(default=False, metadata={"help": "progress bar off"})
     logging_steps: float = field(default=500, metadata={"help": "log every n updates"})
+    lr_scheduler_type: Optional[str] = field(default=None, metadata={
+        "help": "learning-rate schedule (linear, constant, cosine, ...). Unset: constant on the direct MeZO path "
+                "(the original never consulted a scheduler there), linear otherwise (the Trainer's default). "
+                "Set explicitly, it is honoured on every path, the direct MeZO update included"})
 
     def __post_init__(self):
+        if self.lr_scheduler_type is None:
+            direct_mezo = self.zero_order_optim and not self.zero_order_use_trainer_optim
+            self.lr_scheduler_type = "constant" if direct_mezo else "linear"
         # `--optimizer` is the reference's switch; the Trainer reads `optim`.
         self.optim = {"adam": "adamw_torch", "sgd": "sgd"}[self.optimizer]
         if self.optimizer == "sgd" and self.momentum:

@@ -58,10 +58,11 @@ MUST_MATCH = (
     # training
     "seed", "data_seed", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
     "num_train_epochs", "learning_rate", "weight_decay", "lr_scheduler_type", "warmup_steps",
-    "warmup_ratio", "optimizer", "momentum", "adam_beta1", "adam_beta2", "adam_epsilon",
+    "warmup_ratio", "optimizer", "torch_adamw", "momentum", "adam_beta1", "adam_beta2", "adam_epsilon",
     "max_grad_norm", "dataloader_drop_last", "fp16", "bf16", "zero_order_optim", "zero_order_eps",
     "efficient_zero_order", "zo_cache_z", "zo_no_decay_bias_norm", "zero_order_use_trainer_optim",
-    "zero_order_sample", "evaluate_during_training", "eval_steps", "logging_steps", "head_tuning",
+    "zero_order_sample", "zo_variant", "zo_variant_corrected", "use_zo_grad_est", "scale_norm_by_num_params",
+    "change_grad_estimate", "evaluate_during_training", "eval_steps", "logging_steps", "head_tuning",
     "prefix_tuning", "num_prefix", "no_reparam", "prefix_init_by_real_act", "tie_emb",
     "random_model_init", "from_linearhead",
 )

@@ -81,7 +81,8 @@ class FewShotDataset(Dataset):
         self.first_sent_limit = first_sent_limit
         self.other_sent_limit = other_sent_limit
         self.truncate_head = bool(truncate_head) and self.demo  # only honoured with demos
-        self.rng = np.random if seed is None else np.random.RandomState(seed)
+        self.rng = (np.random if seed is None else seed if isinstance(seed, np.random.RandomState)
+                    else np.random.RandomState(seed))
         self._encode_cache: dict = {}  # text -> token ids, shared by this dataset's renders
         if self.prompt:
             validate_template(template, prompt=True)
@@ -230,7 +231,8 @@ def build_dataset(split: str, examples: Sequence, support_examples: Optional[Seq
     train).  task: a Task (or task name).  prompt: render ``template``; else the no-prompt
     ``cls A sep [B sep]`` encoding.  demo: add one demonstration per label (needs prompt and an
     auto-extended template).  num_sample: demo resamplings per dev/test query (1 for train and
-    without demos).  seed: None = NumPy global RNG (reference behaviour), int = private RNG.
+    without demos).  seed: None = NumPy global RNG, int = a private RNG seeded with it, a
+    ``np.random.RandomState`` = that stream, shared with whoever else draws from it.
     """
     return FewShotDataset(split, examples, support_examples, tokenizer, task=task,
                           template=template, label_word_ids=label_word_ids, prompt=prompt,

@@ -18,6 +18,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from . import checkpoint, distributed, zo, zo_ablations
+from .optim import OriginalAdamW
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,11 @@ def no_decay(name: str) -> bool:
     """Biases and LayerNorm weights, case-insensitively (RoBERTa's head uses `layer_norm`)."""
     lname = name.lower()
     return "bias" in lname or "layernorm" in lname or "layer_norm" in lname
+
+
+# The original's weight-decay exemption for its torch optimizers (spec §5.1): a case-sensitive
+# substring test, so RoBERTa's `lm_head.layer_norm.weight` IS decayed.
+ORIGINAL_NO_DECAY = ("bias", "LayerNorm.weight")
 
 
 class BestDevCallback(TrainerCallback):
@@ -69,7 +75,9 @@ class BestDevCallback(TrainerCallback):
             return
         score = self.objective(metrics)
         self.curve.append((state.global_step, score))
-        if self.best_score is None or score > self.best_score:
+        # As the original: the bar starts at -inf and only a strictly greater score replaces it,
+        # so a NaN (e.g. Pearson of constant predictions) or -inf score is never kept.
+        if score > (-math.inf if self.best_score is None else self.best_score):
             self.best_score, self.best_step = score, state.global_step
             # A real copy: `.cpu()` of a CPU tensor is the live tensor (spec §9 item 29).
             self.best_state = {n: p.detach().to("cpu", copy=True)
@@ -165,6 +173,18 @@ class MezoTrainer(Trainer):
                 self.zo_ab = zo_ablations.ZOAblation(named, layers, a)
             self.add_callback(zo_ablations.ZOControl(self))
             self.add_callback(SyncCheckCallback(self))
+
+    @staticmethod
+    def get_optimizer_cls_and_kwargs(args, model=None):
+        """`--optimizer adam`: the original's AdamW (src/optim.py) unless --torch_adamw."""
+        if args.optimizer == "adam" and not args.torch_adamw:
+            return OriginalAdamW, {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2),
+                                   "eps": args.adam_epsilon}
+        return Trainer.get_optimizer_cls_and_kwargs(args, model)
+
+    def get_decay_parameter_names(self, model) -> list:
+        """The original's parameter groups, not the Trainer's (which also exempts every LayerNorm)."""
+        return [n for n, _ in model.named_parameters() if not any(nd in n for nd in ORIGINAL_NO_DECAY)]
 
     # ----- MeZO -------------------------------------------------------------------------------
     def create_optimizer(self, model=None):

@@ -8,10 +8,17 @@ What lives here:
   ``layer.<i>.`` for i < num_layers; a parameter belongs to the first key that is a substring of
   its name, anything else (pooler, classifier) to no block (constant 1, unscaled).
 * ``param_norm_constants`` / ``grad_norm_constants`` / ``zo_grad_norm_constants`` - the block
-  constants c_b. ``--scale_norm_by_num_params`` divides *every* kind of constant by
-  sqrt(#params of the block) (the reference divided param_norm by sqrt(c_b): spec §9 item 8).
+  constants c_b, and ``ZOAblation.compute_consts`` applies ``--scale_norm_by_num_params``.
   A constant that is 0 or not finite is replaced by 1 (``safe_constant``): the reference divides
   by zero there.
+* Two readings of the variant flags (spec §5.4, §9 items 8-9). By default the original's
+  *effective* behaviour: with ``--efficient_zero_order`` the perturbation ignores c_b (plain z);
+  the direct update always uses plain z; the trainer-optimizer path writes c_b z into ``.grad``
+  (plain z with ``--change_grad_estimate``); ``--scale_norm_by_num_params`` turns a param_norm
+  constant c into c / sqrt(c) and a back-propagated grad_norm constant into c / sqrt(#params),
+  and leaves ZO-estimated constants alone. ``--zo_variant_corrected`` gives the variants as the
+  paper describes them: perturb z / c_b and use c_b z (or z) on every path, and divide every kind
+  of constant by sqrt(#params of the block).
 * ``layer_wise_indices`` - ``--layer_wise_optim``: parameters whose name contains ``.<k>.`` with
   k = global_step mod num_layers (the reference's substring rule, spec §9 item 25).
 * ``minus_accuracy`` - the ``--optimize_acc`` objective.
@@ -99,25 +106,17 @@ def safe_constant(c) -> float:
     return c if math.isfinite(c) and c > 0 else 1.0
 
 
-def _maybe_scale(consts: Dict[str, float], numels: Dict[str, int], by_num_params: bool) -> Dict[str, float]:
-    if not by_num_params:
-        return consts
-    return {b: c / math.sqrt(numels[b]) for b, c in consts.items()}
-
-
 @torch.no_grad()
-def param_norm_constants(params, blocks, by_num_params: bool = False) -> Dict[str, float]:
-    """c_b = ||theta_b||_2 (divided by sqrt(#params_b) with ``by_num_params``)."""
+def param_norm_constants(params, blocks) -> Dict[str, float]:
+    """c_b = ||theta_b||_2."""
     sq: Dict[str, float] = {}
     for p, b in zip(params, blocks):
         if b is not None:
             sq[b] = sq.get(b, 0.0) + float(p.detach().double().pow(2).sum())
-    consts = {b: math.sqrt(v) for b, v in sq.items()}
-    return _maybe_scale(consts, block_numels(params, blocks), by_num_params)
+    return {b: math.sqrt(v) for b, v in sq.items()}
 
 
-def grad_norm_constants(params, blocks, loss_with_grad: Callable[[], torch.Tensor],
-                        by_num_params: bool = False) -> Dict[str, float]:
+def grad_norm_constants(params, blocks, loss_with_grad: Callable[[], torch.Tensor]) -> Dict[str, float]:
     """c_b = ||dL/dtheta_b||_2 from one back-propagation of ``loss_with_grad()``.
 
     The gradient is taken with ``torch.autograd.grad``: ``.grad`` is left untouched.
@@ -131,8 +130,7 @@ def grad_norm_constants(params, blocks, loss_with_grad: Callable[[], torch.Tenso
     for g, b in zip(grads, blocks):
         if b is not None:
             sq[b] = sq.get(b, 0.0) + (0.0 if g is None else float(g.detach().double().pow(2).sum()))
-    consts = {b: math.sqrt(v) for b, v in sq.items()}
-    return _maybe_scale(consts, block_numels(params, blocks), by_num_params)
+    return {b: math.sqrt(v) for b, v in sq.items()}
 
 
 def block_members(blocks: Sequence[Optional[str]], keys: Sequence[str],
@@ -146,8 +144,7 @@ def block_members(blocks: Sequence[Optional[str]], keys: Sequence[str],
 
 
 def zo_grad_norm_constants(params, blocks, keys, loss_fn: Callable[[], torch.Tensor],
-                           next_seed: Callable[[], int], eps: float,
-                           by_num_params: bool = False) -> Dict[str, float]:
+                           next_seed: Callable[[], int], eps: float) -> Dict[str, float]:
     """c_b = |projected gradient| of an SPSA pair that perturbs only block b (plain z)."""
     params = list(params)
     consts = {}
@@ -155,7 +152,7 @@ def zo_grad_norm_constants(params, blocks, keys, loss_fn: Callable[[], torch.Ten
         sub = [params[i] for i in members]
         _, _, g = spsa_pair(sub, next_seed(), [eps] * len(sub), eps, loss_fn)
         consts[key] = abs(g)
-    return _maybe_scale(consts, block_numels(params, blocks), by_num_params)
+    return consts
 
 
 # ----------------------------------------------------------------------------- selection, objective
@@ -247,19 +244,35 @@ class ZOAblation:
             return 1.0
         return safe_constant(self.consts.get(block, 1.0))
 
-    def grad_factor(self, block) -> float:
-        return 1.0 if self.args.change_grad_estimate else self.const(block)
+    def pert_factor(self, block) -> float:
+        """z is scaled by this in the perturbation: 1 / c_b, except on the original's efficient path."""
+        if self.args.efficient_zero_order and not self.args.zo_variant_corrected:
+            return 1.0
+        return 1.0 / self.const(block)
+
+    def grad_factor(self, block, direct: bool = False) -> float:
+        """z is scaled by this in the update (direct) or in .grad (trainer path)."""
+        if self.args.change_grad_estimate or (direct and not self.args.zo_variant_corrected):
+            return 1.0
+        return self.const(block)
 
     def compute_consts(self, loss_fn, loss_with_grad, next_seed) -> None:
         a = self.args
         if a.zo_variant == "param_norm":
-            self.consts = param_norm_constants(self.params, self.blocks, a.scale_norm_by_num_params)
+            consts = param_norm_constants(self.params, self.blocks)
         elif a.use_zo_grad_est:
-            self.consts = zo_grad_norm_constants(self.params, self.blocks, self.keys, loss_fn, next_seed,
-                                                 a.zero_order_eps, a.scale_norm_by_num_params)
+            consts = zo_grad_norm_constants(self.params, self.blocks, self.keys, loss_fn, next_seed,
+                                            a.zero_order_eps)
         else:
-            self.consts = grad_norm_constants(self.params, self.blocks, loss_with_grad,
-                                              a.scale_norm_by_num_params)
+            consts = grad_norm_constants(self.params, self.blocks, loss_with_grad)
+        if a.scale_norm_by_num_params:
+            if a.zo_variant_corrected:
+                consts = {b: c / math.sqrt(self.numels[b]) for b, c in consts.items()}
+            elif a.zo_variant == "param_norm":   # the original's c / sqrt(c) (spec §9 item 8)
+                consts = {b: math.sqrt(c) for b, c in consts.items()}
+            elif not a.use_zo_grad_est:
+                consts = {b: c / math.sqrt(self.numels[b]) for b, c in consts.items()}
+        self.consts = consts
         logger.info("zo_variant %s block constants: %s", a.zo_variant,
                     {k: round(v, 6) for k, v in self.consts.items()})
 
@@ -279,11 +292,11 @@ class ZOAblation:
         idx = self.selected(global_step)
         params = [self.params[i] for i in idx]
         wd = [weight_decay[i] for i in idx]
-        if not self.uses_consts:
+        pert = [self.pert_factor(self.blocks[i]) if self.uses_consts else 1.0 for i in idx]
+        upd = [self.grad_factor(self.blocks[i], direct=True) if self.uses_consts else 1.0 for i in idx]
+        if all(x == 1.0 for x in pert + upd):   # plain MeZO on the selected parameters
             return zo.mezo_step(params, loss_fn, seed=seed, eps=self.args.zero_order_eps, lr=lr,
                                 weight_decay=wd, cache_z=cache_z)
-        pert = [1.0 / self.const(self.blocks[i]) for i in idx]
-        upd = [self.grad_factor(self.blocks[i]) for i in idx]
         return scaled_mezo_step(params, loss_fn, seed=seed, eps=self.args.zero_order_eps, lr=lr,
                                 weight_decay=wd, pert=pert, upd=upd)
 
@@ -310,10 +323,12 @@ class ZOAblation:
                 params = [self.params[i] for i in members]
                 if key is None:      # one pair over all selected parameters (per-parameter blocks)
                     blocks = [self.blocks[i] for i in members]
-                else:                # --zo_by_layer: one pair per block
+                    pert = [eps * self.pert_factor(b) if self.uses_consts else eps for b in blocks]
+                else:                # --zo_by_layer: one pair per block, always perturbed by z / c_b
                     blocks = [key] * len(members)
+                    pert = [eps / self.const(key)] * len(members)
                 seed = next_seed()
-                lp, lm, g = spsa_pair(params, seed, [eps / self.const(b) for b in blocks], eps, loss_fn)
+                lp, lm, g = spsa_pair(params, seed, pert, eps, loss_fn)
                 if not math.isfinite(g):
                     self.skipped += 1
                     logger.warning("step %d: non-finite ZO loss (%s, %s); sample skipped", global_step, lp, lm)
@@ -346,4 +361,7 @@ class ZOControl(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         limit = args.max_zo_forward_steps
         if limit and limit > 0 and getattr(self.trainer, "zo_forwards", 0) > limit:
+            # The original tests its stop conditions before its evaluation: the step that crosses
+            # the limit is not evaluated (this callback runs after BestDevCallback's on_step_end).
             control.should_training_stop = True
+            control.should_evaluate = False

@@ -16,6 +16,7 @@ from src.arguments import MezoTrainingArguments, parse_args
 from src.data import Collator
 from src.errors import UsageError
 from src.models import PromptMLM
+from src.optim import OriginalAdamW
 from src.tasks import get_task
 from src.trainer import MezoTrainer
 
@@ -169,7 +170,7 @@ def test_momentum_and_adam_reach_the_stock_optimizer(tmp_path, mlm_state):
     assert isinstance(opt, torch.optim.SGD) and all(g["momentum"] == 0.9 for g in opt.param_groups)
     assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, 0.1]
     t = _trainer(tmp_path / "a", _model(mlm_state), optimizer="adam")
-    assert isinstance(t.create_optimizer(), torch.optim.AdamW)
+    assert isinstance(t.create_optimizer(), OriginalAdamW)
 
 
 # --------------------------------------------------------------------------------- variants
@@ -188,14 +189,26 @@ def test_blocks_and_param_norm_constants(mlm_state):
     c = zo_ablations.param_norm_constants(params, blocks)
     hand = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for n, p in named if ".layer.0." in n))
     assert c["layer.0."] == pytest.approx(hand)
-    n0 = sum(p.numel() for n, p in named if ".layer.0." in n)
-    cs = zo_ablations.param_norm_constants(params, blocks, by_num_params=True)
-    assert cs["layer.0."] == pytest.approx(hand / math.sqrt(n0))  # sqrt(#params), not sqrt(norm)
     assert zo_ablations.safe_constant(0.0) == 1.0 and zo_ablations.safe_constant(float("nan")) == 1.0
 
 
-def _variant_hand(mlm_state, consts_fn, change=False, direct=False):
-    """theta after one step by hand: perturb z/c_b, estimate g, update with c_b z (or z)."""
+@pytest.mark.parametrize("corrected", [False, True])
+def test_scale_norm_by_num_params(tmp_path, mlm_state, corrected):
+    """The original turns a param_norm constant c into c / sqrt(c) (spec §9 item 8); the corrected
+    reading divides by sqrt(#params of the block), as it does for back-propagated norms."""
+    model = _model(mlm_state)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    hand = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for n, p in named if ".layer.0." in n))
+    n0 = sum(p.numel() for n, p in named if ".layer.0." in n)
+    t = _trainer(tmp_path, model, zo_variant="param_norm", scale_norm_by_num_params=True,
+                 zo_variant_corrected=corrected)
+    t.zo_ab.compute_consts(None, None, None)
+    want = hand / math.sqrt(n0) if corrected else hand / math.sqrt(hand)
+    assert t.zo_ab.consts["layer.0."] == pytest.approx(want)
+
+
+def _variant_hand(mlm_state, consts_fn, change=False, pert_scaled=True):
+    """theta after one step by hand: perturb z/c_b (or z), estimate g, update with c_b z (or z)."""
     model = _model(mlm_state)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
@@ -204,16 +217,25 @@ def _variant_hand(mlm_state, consts_fn, change=False, direct=False):
     c = [zo_ablations.safe_constant(consts[b]) if b else 1.0 for b in blocks]
     batch = Collator(1)(_dataset())
     before = [p.detach().clone() for p in params]
-    g, z = _pair(model, params, batch, _seeds(1)[0], [EPS / ci for ci in c])
+    g, z = _pair(model, params, batch, _seeds(1)[0], [EPS / ci if pert_scaled else EPS for ci in c])
     return [b - LR * g * (1.0 if change else ci) * zz for b, ci, zz in zip(before, c, z)], consts
 
 
+@pytest.mark.parametrize("corrected", [False, True])
+@pytest.mark.parametrize("efficient", [True, False])
 @pytest.mark.parametrize("direct", [False, True])
 @pytest.mark.parametrize("change", [False, True])
-def test_param_norm_variant_step(tmp_path, mlm_state, direct, change):
-    expect, _ = _variant_hand(mlm_state, lambda m, p, b: zo_ablations.param_norm_constants(p, b), change)
+def test_param_norm_variant_step(tmp_path, mlm_state, direct, change, efficient, corrected):
+    # The original (spec §5.4): the efficient perturbation ignores c_b, the direct update uses plain
+    # z, the trainer path writes c_b z into .grad unless --change_grad_estimate. Corrected: c_b
+    # everywhere.
+    pert_scaled = corrected or not efficient
+    upd_plain = change or (direct and not corrected)
+    expect, _ = _variant_hand(mlm_state, lambda m, p, b: zo_ablations.param_norm_constants(p, b), upd_plain,
+                              pert_scaled)
     model = _model(mlm_state)
-    t = _trainer(tmp_path, model, trainer_optim=not direct, zo_variant="param_norm", change_grad_estimate=change)
+    t = _trainer(tmp_path, model, trainer_optim=not direct, zo_variant="param_norm", change_grad_estimate=change,
+                 efficient_zero_order=efficient, zo_variant_corrected=corrected)
     t.train()
     _close([p.detach() for p in _params(model)], expect)
     assert set(t.zo_ab.consts) == {"embed", "lm_head", "layer.0.", "layer.1."}
@@ -232,7 +254,7 @@ def test_grad_norm_variant_step(tmp_path, mlm_state):
         return {b: math.sqrt(v) for b, v in sq.items()}
     expect, consts = _variant_hand(mlm_state, backprop_norms)
     model = _model(mlm_state)
-    t = _trainer(tmp_path, model, zo_variant="grad_norm")
+    t = _trainer(tmp_path, model, zo_variant="grad_norm", zo_variant_corrected=True)
     t.train()
     for b, v in consts.items():
         assert t.zo_ab.consts[b] == pytest.approx(v, rel=1e-4)
