@@ -214,6 +214,9 @@ class MezoTrainingArguments(TrainingArguments):
             self.optim_args = f"momentum={self.momentum}"
         if self.save_steps and self.save_steps > 0 and str(self.save_strategy) in ("no", "SaveStrategy.NO"):
             self.save_strategy = "steps"  # --save_steps alone turns checkpoints on
+        if self.accelerator_config is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            # keep the RandomSampler of MezoTrainer.get_train_dataloader (the original's data order)
+            self.accelerator_config = {"use_seedable_sampler": False}
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
             self.use_cpu = True  # accelerate only sets up multi-process CPU (gloo) when told it is on CPU
         super().__post_init__()

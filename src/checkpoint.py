@@ -3,8 +3,9 @@
 The stock Trainer loop does the resuming: `train(resume_from_checkpoint=...)` reloads the optimizer,
 scheduler, AMP scaler and RNG states (python, NumPy global, torch CPU and CUDA) from their stock
 files, restores the TrainerState (step, epoch, log history) and fast-forwards the data loader
-(`skip_first_batches`; the seedable sampler orders epoch e by `seed + e`, so the position in the data
-is fully given by the step). This module replaces only what the stock code gets wrong or lacks:
+(`skip_first_batches`) within the resumed epoch; the data-order generator is put back to its state
+at the start of that epoch (single process; several processes use the seedable sampler, which orders
+epoch e by `seed + e`). This module replaces only what the stock code gets wrong or lacks:
 
 * `save` (MezoTrainer._save_checkpoint): writes output_dir/checkpoint-<step>/ **atomically**: every
   file goes into `.tmp-checkpoint-<step>`, is fsynced, then the folder is renamed. Only the
@@ -181,6 +182,8 @@ def extra_state(trainer) -> dict:
     state = {
         "zo_seeds": _random_state(trainer.zo_seeds) if getattr(trainer, "zo_seeds", None) is not None else None,
         "counters": {k: int(getattr(trainer, k)) for k in ("zo_skipped", "zo_forwards") if hasattr(trainer, k)},
+        # the data-order generator as the current epoch began (MezoTrainer.get_train_dataloader)
+        "sampler": getattr(trainer, "epoch_sampler_state", None),
         # MeZO ablation state (src/zo_ablations.py), if that object exposes state_dict/load_state_dict
         "zo_ab": trainer.zo_ab.state_dict() if hasattr(getattr(trainer, "zo_ab", None), "state_dict") else None,
         "best": {"score": None if best.best_score is None else float(best.best_score),
@@ -273,6 +276,7 @@ def load(trainer, path: str) -> None:
         _set_random_state(trainer.zo_seeds, extra["zo_seeds"])
     for k, v in extra["counters"].items():
         setattr(trainer, k, v)
+    trainer.resume_sampler_state = extra.get("sampler")
     zo_ab = getattr(trainer, "zo_ab", None)
     if zo_ab is not None:
         if extra.get("zo_ab") is not None and hasattr(zo_ab, "load_state_dict"):

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, RandomSampler
 from transformers import Trainer, TrainerCallback
 
 from . import checkpoint, distributed, zo, zo_ablations
@@ -120,6 +121,29 @@ class SkipLimitCallback(TrainerCallback):
                 f"--zero_order_eps {args.zero_order_eps:g}? see README: fp16/bf16)")
 
 
+class EpochSamplerState(TrainerCallback):
+    """Exact resumption of the original's data order: remembers (epoch, generator state) as each
+    epoch begins; in a resumed run, puts the generator back to the start of the resumed epoch
+    (a checkpoint taken at an epoch's last step resumes at the next epoch: one epoch is replayed)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kw):
+        t = self.trainer
+        if t.train_generator is None:
+            return
+        epoch = int(state.epoch or 0)
+        if t.resume_sampler_state is not None:
+            saved_epoch, saved = t.resume_sampler_state
+            t.resume_sampler_state = None
+            t.train_generator.set_state(saved)
+            for _ in range(epoch - saved_epoch):
+                for _ in t.train_sampler:   # one whole epoch of draws
+                    pass
+        t.epoch_sampler_state = (epoch, t.train_generator.get_state())
+
+
 class Replica(torch.nn.Module):
     """Marks the model as already wrapped, so that accelerate does not put it in DDP."""
 
@@ -151,6 +175,10 @@ class MezoTrainer(Trainer):
         self.best = BestDevCallback(dev_objective)
         self.add_callback(self.best)
         self.add_callback(checkpoint.ResumeCallback(self))
+        self.train_generator = self.train_sampler = None   # the data order (get_train_dataloader)
+        self.epoch_sampler_state = None     # (epoch, generator state) as the current epoch began
+        self.resume_sampler_state = None    # the same, read from a checkpoint being resumed
+        self.add_callback(EpochSamplerState(self))
         self.add_callback(SkipLimitCallback(self))
         a = self.args
         self.zo = a.zero_order_optim and not a.zero_order_use_trainer_optim
@@ -173,6 +201,23 @@ class MezoTrainer(Trainer):
                 self.zo_ab = zo_ablations.ZOAblation(named, layers, a)
             self.add_callback(zo_ablations.ZOControl(self))
             self.add_callback(SyncCheckCallback(self))
+
+    def get_train_dataloader(self):
+        """The original's data order (transformers 4.28): one RandomSampler whose generator is seeded,
+        when the loader is built, by a draw from the global torch RNG, and then runs on across epochs
+        (accelerate's seedable sampler would instead reseed every epoch with seed + epoch).
+        Several processes: the stock sharded loader."""
+        if self.args.world_size > 1 or self.train_dataset is None:
+            return super().get_train_dataloader()
+        g = torch.Generator()
+        g.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+        self.train_generator = g
+        self.train_sampler = RandomSampler(self.train_dataset, generator=g)
+        loader = DataLoader(self.train_dataset, batch_size=self.args.train_batch_size,
+                            sampler=self.train_sampler, collate_fn=self.data_collator,
+                            drop_last=self.args.dataloader_drop_last, num_workers=self.args.dataloader_num_workers,
+                            pin_memory=self.args.dataloader_pin_memory)
+        return self.accelerator.prepare(loader)
 
     @staticmethod
     def get_optimizer_cls_and_kwargs(args, model=None):

@@ -188,3 +188,49 @@ def test_adam_choice(tmp_path, tiny_roberta_dir, torch_adamw):
     from src.optim import OriginalAdamW
     opt = _trainer(tmp_path, _model(tiny_roberta_dir), torch_adamw=torch_adamw).create_optimizer()
     assert type(opt) is (torch.optim.AdamW if torch_adamw else OriginalAdamW)
+
+
+# ------------------------------------------------------------------ the original's data order
+def _recording(trainer, dataset):
+    """Wrap training_step: record each batch as the dataset indices of its rows."""
+    index = {tuple(item["input_ids"][:5]): i for i, item in enumerate(dataset)}
+    seen, real = [], trainer.training_step
+
+    def spy(model, inputs, *a, **k):
+        seen.append([index[tuple(row[:5])] for row in inputs["input_ids"].tolist()])
+        return real(model, inputs, *a, **k)
+    trainer.training_step = spy
+    return seen
+
+
+def _order_trainer(tmp_path, model, **kw):
+    t = _trainer(tmp_path, model, per_device_train_batch_size=5, max_steps=8, seed=11, **kw)
+    return t, _recording(t, tiny.mask_dataset())
+
+
+@pytest.mark.parametrize("zo_on", [False, True])
+def test_data_order_is_the_originals(tmp_path, tiny_roberta_dir, zo_on):
+    """transformers 4.28 (the original): right after the Trainer seeds torch with --seed, one int64 is
+    drawn from the global RNG to seed the sampler's generator; every epoch is torch.randperm(n) from
+    it, plus the extra draw RandomSampler makes for the n % n remainder."""
+    kw = dict(zero_order_optim=True, efficient_zero_order=True, optimizer="sgd") if zo_on else {}
+    t, seen = _order_trainer(tmp_path, _model(tiny_roberta_dir), **kw)
+    t.train()
+    torch.manual_seed(11)
+    g = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+    n, bs, want = 12, 5, []
+    while len(want) < 8:
+        perm = torch.randperm(n, generator=g).tolist()
+        torch.randperm(n, generator=g)
+        want += [perm[i:i + bs] for i in range(0, n, bs)]
+    assert seen == want[:8]
+
+
+@pytest.mark.parametrize("resume_at", [4, 6])   # mid-epoch, and an epoch's last step (3 steps per epoch)
+def test_resumed_run_sees_the_same_batches(tmp_path, tiny_roberta_dir, resume_at):
+    t, full = _order_trainer(tmp_path / "a", _model(tiny_roberta_dir), save_steps=1, save_total_limit=20)
+    t.train()
+    ckpt = str(tmp_path / "a" / "out" / f"checkpoint-{resume_at}")
+    t2, resumed = _order_trainer(tmp_path / "a", _model(tiny_roberta_dir), save_steps=1, save_total_limit=20)
+    t2.train(resume_from_checkpoint=ckpt)
+    assert resumed == full[resume_at:]
