@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import SequentialSampler
+from torch.utils.data import DataLoader
 from transformers import AutoModelForMaskedLM
 
 import tiny
@@ -46,8 +46,8 @@ def _model(mlm_state):
 class SeqTrainer(MezoTrainer):
     """Batches in dataset order, so hand computations know each batch."""
 
-    def _get_train_sampler(self, train_dataset=None):
-        return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+    def get_train_dataloader(self):
+        return DataLoader(self.train_dataset, batch_size=self.args.train_batch_size, collate_fn=self.data_collator)
 
 
 def _trainer(tmp_path, model, trainer_optim=True, data=None, **kw):
