@@ -195,10 +195,10 @@ class MezoTrainer(Trainer):
             self.zo_skipped = 0
             self.zo_forwards = 0
             # The reference's non-efficient mode stores z for the step; so does --zo_cache_z.
-            self.zo_cache = a.zo_cache_z or not a.efficient_zero_order
+            self.noise = zo.default_noise(cache_z=a.zo_cache_z or not a.efficient_zero_order)
             if self.zo_trainer or zo_ablations.needs_state(a):
                 layers = getattr(getattr(self.model, "config", None), "num_hidden_layers", 1)
-                self.zo_ab = zo_ablations.ZOAblation(named, layers, a)
+                self.zo_ab = zo_ablations.ZOAblation(named, layers, a, self.noise)
             self.add_callback(zo_ablations.ZOControl(self))
             self.add_callback(SyncCheckCallback(self))
 
@@ -269,9 +269,8 @@ class MezoTrainer(Trainer):
         if self.zo_ab is not None:
             return self.zo_ablation_direct_step(model, inputs)
         seed = int(self.zo_seeds.randint(1_000_000_000))
-        step = zo.mezo_step(self.zo_params, lambda: self.zo_forward(model, inputs), seed=seed,
-                            eps=self.args.zero_order_eps, lr=self._get_learning_rate(),
-                            weight_decay=self.zo_decay, cache_z=self.zo_cache)
+        step = zo.mezo_step(self.zo_params, lambda: self.zo_forward(model, inputs), self.noise, seed,
+                            eps=self.args.zero_order_eps, lr=self._get_learning_rate(), weight_decay=self.zo_decay)
         return self._zo_loss(step)
 
     def _zo_loss(self, step) -> torch.Tensor:
@@ -299,7 +298,7 @@ class MezoTrainer(Trainer):
         seed = self._zo_next_seed()
         step = self.zo_ab.direct_step(lambda: self.zo_forward(model, inputs), seed=seed,
                                       lr=self._get_learning_rate(), weight_decay=self.zo_decay,
-                                      global_step=self.state.global_step, cache_z=self.zo_cache)
+                                      global_step=self.state.global_step)
         return self._zo_loss(step)
 
     def zo_trainer_step(self, model, inputs):

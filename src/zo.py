@@ -1,71 +1,27 @@
-"""MeZO arithmetic (spec §5.2/§5.3) as plain functions over a list of parameter tensors.
+"""The MeZO step (Malladi et al. 2023, Algorithm 1; spec §5.2-§5.5), written to be read.
 
-A step runs 100,000 times per run and its noise passes compete with two forward passes, so
-everything here is in place, chunked and allocation-light:
+    seed s;  theta += eps z;  l+ = L(theta);  theta -= 2 eps z;  l- = L(theta);
+    g = (l+ - l-) / (2 eps);  theta += eps z (restore);  theta -= lr (g z + wd theta)
 
-* **z is a pure function of the step seed.** The parameters are grouped by (device, dtype); each
-  group is viewed as the concatenation of its flattened parameters (in list order) and cut into
-  fixed-size chunks (``CPU_CHUNK`` / ``CUDA_CHUNK`` elements). Chunk ``k`` of group ``g`` draws its
-  noise from its own generator keyed by BLAKE2b(seed, g, k), so the same seed regenerates the same
-  z whatever the number of threads, and chunks can be drawn in parallel. (z therefore depends on
-  the list of parameters, not only on the parameter itself; exact reproduction of the reference's
-  z stream is not required, same-seed regeneration within a step is - spec §5.2.)
-* **CPU:** chunks run on a small thread pool (the calling thread plus ``workers - 1`` threads;
-  ``workers`` defaults to ``torch.get_num_threads()``). A chunk is drawn into a per-thread buffer
-  and applied to the parameter slices at once while still in cache, so z is never materialised for
-  the whole model. Bits come from NumPy's PCG64DXSM (a fraction of the cost of torch's CPU
-  mt19937, which dominates ``normal_``) and become Gaussians by Box-Muller, the transform torch's
-  own CPU ``normal_`` uses, computed with single-threaded NumPy ufuncs that release the GIL. A
-  whole pass (draw + apply) costs about 3.4 ns per parameter per core on the project's CPU,
-  against about 9 for torch ``normal_`` + ``add_`` and about 19 for the reference's out-of-place
-  pass. Every chunk is computed by the same serial code, so results are bitwise identical for
-  any number of workers and torch threads (on a given machine; SIMD math may differ in the last
-  ulp across CPU types).
-* **CUDA:** one generator per device, re-seeded per chunk; chunks are looped (no threads) and
-  applied with multi-tensor ``torch._foreach_*`` kernels.
-* **dtype:** z is drawn "in the parameter dtype" as the reference does: float32 and float64
-  parameters get float32/float64 Box-Muller (uniforms of 23/52 bits; float32 tails are cut at
-  5.65 sigma, torch's CPU ``normal_`` cuts at 5.77); float16/bfloat16 parameters get the float32
-  draw rounded to their dtype (on CUDA: ``normal_`` in that dtype). Updates of low-precision
-  parameters are computed in float32 and rounded once.
+z ~ N(0, I) is never stored: every pass regenerates it from the seed, so MeZO needs no memory
+beyond inference. ``mezo_step`` below is that algorithm, line by line, against a small ``Noise``
+interface; everything about speed lives behind the interface (src/zo_backend.py: chunked keyed
+generators, threads, CUDA multi-tensor kernels). ``PlainNoise`` is the literal implementation
+of the interface that tests/test_zo.py holds the fast one to.
 
-A MeZO step does three noise passes instead of the reference's four: +eps z, -2 eps z, and one
-fused pass for restore + update, theta <- (1 - lr wd) theta_- + ((1 - lr wd) eps - lr g) z,
-which equals "restore, then theta <- theta - lr (g z + wd theta)" up to rounding (the decay is
-applied as theta + (-lr wd) theta, so a tiny lr*wd is not lost by rounding 1 - lr*wd). With
-``cache_z=True`` z is drawn once per step into buffers that are kept (and reused) across steps:
-one noise pass and two cheap memory passes, at the cost of one extra copy of the parameters.
-A non-finite projected gradient restores theta (theta_- + eps z, the same arithmetic as a plain
-+eps/-2eps/+eps sequence; floating point does not give theta back bit for bit without a copy)
-and skips the update; a loss_fn that raises has its perturbation taken back before the error
-propagates. A ``MeZO`` instance is not meant to be used from several threads at once.
+The ablations are parameters of this one step, not copies of it: per-parameter perturbation and
+update scales (``--zo_variant`` block scaling), the loss function (``--optimize_acc``), the
+restore-and-add-to-``.grad`` ending of the trainer-optimizer path and n-SPSA (``into_grad``: one
+call per sample), and the cached z (a backend option). ``ZeroOrderSGD`` wraps the step as an
+optimizer for your own training loop.
 """
-import concurrent.futures
-import hashlib
-import itertools
 import math
-import struct
-import threading
-from dataclasses import dataclass
-from typing import Callable, List, NamedTuple, Optional, Sequence, Union
+from typing import Callable, List, NamedTuple, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import torch
 
-__all__ = ["ZOStep", "MeZO", "perturb_", "mezo_step", "accumulate_grad_", "draw_z",
-           "CPU_CHUNK", "CUDA_CHUNK"]
-
-# Part of the definition of z (changing them changes the noise stream of a given seed).
-CPU_CHUNK = 1 << 17    # 512 KiB of float32: chunk + bits + parameter slice stay in L2
-CUDA_CHUNK = 1 << 24   # 64 MiB fp32 buffer (at most the group's size): few launches per pass
-_SUB = 1 << 14         # sub-blocks for torch ops in worker threads: below ATen's grain size, so serial
-
-_M64 = (1 << 64) - 1
-_PACK = struct.Struct("<QQQ").pack
-_PERSON = b"mezo-z/1"
-_F32_MANT, _F32_ONE = np.uint32(0x007FFFFF), np.uint32(0x3F800000)
-_F64_MANT, _F64_ONE = np.uint64(0x000FFFFFFFFFFFFF), np.uint64(0x3FF0000000000000)
-_NATIVE = {torch.float32: np.float32, torch.float64: np.float64}
+Scales = Union[float, Sequence[float]]
 
 
 class ZOStep(NamedTuple):
@@ -76,458 +32,118 @@ class ZOStep(NamedTuple):
     skipped: bool
 
 
-def _key(seed: int, group: int, chunk: int, size: int) -> bytes:
-    return hashlib.blake2b(_PACK(int(seed) & _M64, group, chunk), digest_size=size,
-                           person=_PERSON).digest()
+class Noise(Protocol):
+    """What the step needs from z(seed): three in-place passes over a list of parameters."""
+
+    def add_(self, params, seed: int, scales: Scales) -> None:
+        """theta_i += scales_i z_i(seed)."""
+
+    def decay_add_(self, params, seed: int, decays: Scales, scales: Scales) -> None:
+        """theta_i += decays_i theta_i + scales_i z_i(seed) (restore and update in one pass)."""
+
+    def add_to_grad_(self, params, seed: int, scales: Scales) -> None:
+        """p_i.grad += scales_i z_i(seed)."""
 
 
-def _gauss(bg, m: int, out: np.ndarray) -> None:
-    """Fill ``out[:m]`` with N(0, 1) by Box-Muller from ``bg``'s raw bits (float32 or float64).
+def _each(x: Scales, n: int) -> List[float]:
+    return [float(x)] * n if isinstance(x, (int, float)) else [float(v) for v in x]
 
-    Uniforms are built by bit tricks (mantissa bits | exponent of 1.0 -> [1, 2)); the first half
-    of the chunk gets r cos(t), the second half r sin(t) of the same pairs.
+
+def mezo_step(params, loss_fn: Callable[[], torch.Tensor], noise: Noise, seed: int, *, eps: float,
+              lr: float = 0.0, weight_decay: Scales = 0.0, pert: Scales = 1.0, upd: Scales = 1.0,
+              into_grad: Optional[float] = None) -> ZOStep:
+    """One SPSA step on ``params`` with the z of ``seed``.
+
+    pert, upd: per-parameter factors of z in the perturbation and in the update (block variants).
+    into_grad=None: update theta in place, theta <- theta - lr (g upd z + wd theta).
+    into_grad=c: restore theta and add c g upd z to ``.grad`` instead (an optimizer steps later).
+    A non-finite g restores theta and skips; a loss_fn that raises has theta restored first.
     """
-    h = (m + 1) >> 1
-    if out.dtype == np.float32:
-        w = bg.random_raw(h).view(np.uint32)          # 2h random 32-bit words
-        np.bitwise_and(w, _F32_MANT, out=w)
-        np.bitwise_or(w, _F32_ONE, out=w)
-        f = w.view(np.float32)
-    else:
-        w = bg.random_raw(2 * h)
-        np.bitwise_and(w, _F64_MANT, out=w)
-        np.bitwise_or(w, _F64_ONE, out=w)
-        f = w.view(np.float64)
-    r, t = f[:h], f[h:]                               # both uniform on [1, 2)
-    np.subtract(2.0, r, out=r)                        # u in (0, 1]: log never sees 0
-    np.log(r, out=r)
-    np.multiply(r, -2.0, out=r)
-    np.sqrt(r, out=r)                                 # radius
-    np.multiply(t, 2.0 * math.pi, out=t)              # angle (cos/sin are 2pi-periodic)
-    lo, hi = out[:h], out[h:m]
-    np.cos(t, out=lo)
-    np.multiply(lo, r, out=lo)
-    k = m - h
-    if k:
-        np.sin(t[:k], out=hi)
-        np.multiply(hi, r[:k], out=hi)
+    params = list(params)
+    n = len(params)
+    plus = [eps * p for p in _each(pert, n)]
+    upd, wd = _each(upd, n), _each(weight_decay, n)
+
+    noise.add_(params, seed, plus)                                        # theta + eps z
+    loss_plus = _loss(loss_fn, lambda: noise.add_(params, seed, [-s for s in plus]))
+    noise.add_(params, seed, [-2.0 * s for s in plus])                    # theta - eps z
+    loss_minus = _loss(loss_fn, lambda: noise.add_(params, seed, plus))
+    g = (loss_plus - loss_minus) / (2.0 * eps)                            # projected gradient
+    if into_grad is not None or not math.isfinite(g):
+        noise.add_(params, seed, plus)                                    # restore theta
+        if into_grad is not None and math.isfinite(g):
+            noise.add_to_grad_(params, seed, [into_grad * g * u for u in upd])
+        return ZOStep(loss_plus, loss_minus, g, not math.isfinite(g))
+    # restore and update fused: theta <- (1 - lr wd)(theta_- + eps z) - lr g z, as theta_- + d theta_- + c z
+    decay = [-lr * w for w in wd]
+    noise.decay_add_(params, seed, decay, [(1.0 + d) * s - lr * g * u for d, s, u in zip(decay, plus, upd)])
+    return ZOStep(loss_plus, loss_minus, g, False)
 
 
-@dataclass
-class _Plan:
-    """Grouping of a parameter list into (device, dtype) streams and chunks (cached per list).
-
-    Holds no tensors: a plan is keyed by (data_ptr, shape, dtype, device) and only describes
-    the layout, so reusing it for a new tensor at a recycled address is harmless.
-    """
-    sig: tuple
-    groups: list          # [(device, dtype, total_numel)]
-    param_gid: list       # group of each parameter
-    cpu_tasks: list       # [(gid, k, m, [(param_idx, param_off, chunk_off, n)])]
-    cuda_tasks: list      # same, segments extended with "covers the whole parameter"
+def _loss(loss_fn, undo) -> float:
+    """loss_fn() as a float; if it raises, take the perturbation back (``undo``) first."""
+    try:
+        return float(loss_fn())
+    except BaseException:
+        undo()
+        raise
 
 
-def _signature(params) -> tuple:
-    return tuple((p.data_ptr(), p.shape, p.dtype, p.device) for p in params)
+class PlainNoise:
+    """The literal ``Noise``: z drawn whole by ``draw_z`` and applied with plain tensor ops.
 
-
-def _build_plan(params, sig) -> _Plan:
-    gid_of, groups, members, param_gid = {}, [], [], []
-    for i, p in enumerate(params):
-        if not p.is_contiguous():
-            raise ValueError(f"parameter {i} is not contiguous; MeZO updates flat views in place")
-        key = (p.device, p.dtype)
-        if key not in gid_of:
-            gid_of[key] = len(groups)
-            groups.append([p.device, p.dtype, 0])
-            members.append([])
-        g = gid_of[key]
-        param_gid.append(g)
-        members[g].append((i, groups[g][2], p.numel()))
-        groups[g][2] += p.numel()
-    cpu_tasks, cuda_tasks = [], []
-    for g, (device, _, total) in enumerate(groups):
-        cuda = device.type == "cuda"
-        chunk = CUDA_CHUNK if cuda else CPU_CHUNK
-        mem = iter(members[g])
-        cur = next(mem, None)
-        for k in range(-(-total // chunk)):
-            lo, hi = k * chunk, min(total, (k + 1) * chunk)
-            segs = []
-            while cur is not None and cur[1] < hi:
-                i, off, n = cur
-                a, b = max(lo, off), min(hi, off + n)
-                if b > a:
-                    seg = (i, a - off, a - lo, b - a)
-                    segs.append(seg + (b - a == n,) if cuda else seg)
-                if off + n > hi:
-                    break
-                cur = next(mem, None)
-            (cuda_tasks if cuda else cpu_tasks).append((g, k, hi - lo, segs))
-    return _Plan(sig, [tuple(g) for g in groups], param_gid, cpu_tasks, cuda_tasks)
-
-
-def _np_view(t: torch.Tensor) -> Optional[np.ndarray]:
-    if t.device.type == "cpu" and t.dtype in _NATIVE:
-        return t.detach().view(-1).numpy()
-    return None
-
-
-def _as_floats(x, n: int, what: str) -> List[float]:
-    if isinstance(x, (int, float)):
-        return [float(x)] * n
-    x = [float(v) for v in x]
-    if len(x) != n:
-        raise ValueError(f"{what}: {len(x)} values for {n} parameters")
-    return x
-
-
-class MeZO:
-    """Holds the reusable state of the MeZO arithmetic: thread pool, per-thread buffers, z cache.
-
-    The module-level functions use a shared default instance; make your own to control the
-    number of workers (``workers=None`` follows ``torch.get_num_threads()`` at each call).
+    Slow and allocating; it states what a backend must compute (tests compare against it).
     """
 
-    def __init__(self, workers: Optional[int] = None):
-        self.workers = workers
-        self._pool = None
-        self._pool_size = 0
-        self._local = threading.local()
-        self._plan: Optional[_Plan] = None
-        self._cache = None            # (plan signature, [flat z per group], [numpy views])
-        self._cuda = {}               # (device, dtype) -> (generator, buffer)
-        self._zv = {}                 # cached views of CUDA z buffers
+    def __init__(self, draw_z: Callable[[list, int], List[torch.Tensor]]):
+        self.draw_z = draw_z
 
-    # ------------------------------------------------------------------ public API
-    def perturb_(self, params, seed: int, scale: float) -> None:
-        """theta <- theta + scale * z(seed), in place."""
-        params = list(params)
-        self._pass(params, params, seed, [0.0] * len(params), _as_floats(scale, len(params), "scale"))
+    @torch.no_grad()
+    def add_(self, params, seed, scales):
+        self.decay_add_(params, seed, 0.0, scales)
 
-    def accumulate_grad_(self, params, seed: int, coeff: float) -> None:
-        """p.grad += coeff * z(seed) (``.grad`` allocated as zeros when None): the trainer-optimizer path."""
-        params = list(params)
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p, memory_format=torch.contiguous_format)
-        grads = [p.grad for p in params]
-        self._pass(params, grads, seed, [0.0] * len(params), _as_floats(coeff, len(params), "coeff"),
-                   targets_np=[_np_view(g) for g in grads])
-
-    def draw_z(self, params, seed: int) -> List[torch.Tensor]:
-        """The z of ``seed`` as new tensors shaped like ``params`` (tests, non-efficient mode)."""
-        params = list(params)
-        outs = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
-        self._pass(params, outs, seed, None, None, targets_np=[_np_view(o) for o in outs])
-        return outs
-
-    def step(self, params, loss_fn: Callable[[], Union[torch.Tensor, float]], *, seed: int,
-             eps: float, lr: float, weight_decay: Union[float, Sequence[float]] = 0.0,
-             cache_z: bool = False) -> ZOStep:
-        """One MeZO step (spec §5.2) with the restore and the update fused in one pass.
-
-        ``loss_fn()`` runs the forward (the caller sets eval mode / no_grad). A non-finite
-        projected gradient restores theta (theta_- + eps z), skips the update and reports
-        ``skipped=True``.
-        """
+    @torch.no_grad()
+    def decay_add_(self, params, seed, decays, scales):
         params = list(params)
         n = len(params)
-        eps, lr = float(eps), float(lr)
-        wd = _as_floats(weight_decay, n, "weight_decay")
-        zero = [0.0] * n
-        use = "fill" if cache_z else None
-        self._pass(params, params, seed, zero, [eps] * n, cache=use)
-        if cache_z:
-            use = "use"
-        loss_plus = self._loss(loss_fn, params, seed, zero, -eps, use)
-        self._pass(params, params, seed, zero, [-2.0 * eps] * n, cache=use)
-        loss_minus = self._loss(loss_fn, params, seed, zero, eps, use)
-        grad = (loss_plus - loss_minus) / (2.0 * eps)
-        if not math.isfinite(grad):
-            self._pass(params, params, seed, zero, [eps] * n, cache=use)
-            return ZOStep(loss_plus, loss_minus, grad, True)
-        decay = [-lr * w for w in wd]
-        coef = [(1.0 + c) * eps - lr * grad for c in decay]
-        self._pass(params, params, seed, decay, coef, cache=use)
-        return ZOStep(loss_plus, loss_minus, grad, False)
+        for p, z, d, s in zip(params, self.draw_z(params, seed), _each(decays, n), _each(scales, n)):
+            p.copy_(p + d * p + s * z)
 
-    def _loss(self, loss_fn, params, seed, zero, undo, use) -> float:
-        """loss_fn() as a float; if it raises, take the perturbation back before re-raising."""
-        try:
-            return float(loss_fn())
-        except BaseException:
-            self._pass(params, params, seed, zero, [undo] * len(params), cache=use)
-            raise
-
-    def release_cache(self) -> None:
-        """Free the cache_z buffers (they are otherwise kept for the next step)."""
-        self._cache = None
-        self._zv.clear()
-
-    # ------------------------------------------------------------------ machinery
-    def _get_plan(self, params) -> _Plan:
-        sig = _signature(params)
-        if self._plan is None or self._plan.sig != sig:
-            self._plan = _build_plan(params, sig)
-            self._zv.clear()
-        return self._plan
-
-    def _get_cache(self, plan: _Plan, mode: str):
-        if self._cache is None or self._cache[0] != plan.sig:
-            if mode == "use":
-                raise RuntimeError("cache_z: the parameters changed since z was cached")
-            self._cache = None   # free the old buffers before allocating new ones
-            bufs = [torch.empty(total, dtype=dt, device=dev) for dev, dt, total in plan.groups]
-            self._cache = (plan.sig, bufs, [_np_view(b) for b in bufs])
-        return self._cache
-
-    def _pass(self, params, targets, seed, decay, coef, cache=None, targets_np=None) -> None:
-        """targets[i] <- targets[i] + decay[i] targets[i] + coef[i] z_i, or <- z_i when coef is None.
-
-        ``cache``: None (draw z), "fill" (draw z and keep it), "use" (read the kept z).
-        """
-        if not params:
-            return
-        plan = self._get_plan(params)
-        cache_bufs = self._get_cache(plan, cache) if cache else None
-        seed = int(seed)
-        if plan.cuda_tasks:
-            with torch.no_grad():   # in-place on leaves that require grad
-                self._cuda_pass(plan, targets, seed, decay, coef, cache, cache_bufs)
-        if plan.cpu_tasks:
-            targets = [t.detach() for t in targets]   # grad mode is per thread: detach instead
-            if targets_np is None:
-                targets_np = [_np_view(t) for t in targets]
-            job = _CpuJob(self, plan, targets, targets_np, seed, decay, coef, cache, cache_bufs)
-            self._run(job.run, plan.cpu_tasks)
-
-    def _n_workers(self) -> int:
-        return max(1, int(self.workers if self.workers is not None else torch.get_num_threads()))
-
-    def _run(self, fn, tasks) -> None:
-        """Run fn(task) for every task on the calling thread plus workers - 1 pool threads.
-
-        Tasks are handed out dynamically (a shared counter), which keeps both cores busy when
-        other processes share the machine; the result does not depend on who ran what.
-        """
-        ntasks = len(tasks)
-        w = min(self._n_workers(), ntasks)
-        if w <= 1:
-            for t in tasks:
-                fn(t)
-            return
-        if self._pool is None or self._pool_size < w - 1:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-            self._pool = concurrent.futures.ThreadPoolExecutor(w - 1, thread_name_prefix="mezo-z")
-            self._pool_size = w - 1
-        counter = itertools.count()
-        failed = []
-
-        def loop():
-            while not failed:
-                i = next(counter)   # atomic under the GIL
-                if i >= ntasks:
-                    return
-                try:
-                    fn(tasks[i])
-                except BaseException as e:   # stop the others; re-raised on the caller
-                    failed.append(e)
-                    raise
-
-        futs = [self._pool.submit(loop) for _ in range(w - 1)]
-        try:
-            loop()
-        finally:
-            concurrent.futures.wait(futs)
-        for f in futs:
-            f.result()
-
-    def _thread_state(self):
-        st = self._local
-        if not hasattr(st, "bg"):
-            st.bg = np.random.PCG64DXSM(0)
-            st.bufs = {}
-        return st
-
-    def _cuda_pass(self, plan, targets, seed, decay, coef, cache, cache_bufs) -> None:
-        """Chunks in order, one generator per device re-seeded per chunk, multi-tensor updates.
-
-        Host overhead is what limits this path on a fast GPU, hence the cached z views and the
-        whole-parameter targets (no slicing unless a parameter straddles two chunks).
-        """
-        store = coef is None
-        if not store:
-            # The decay term needs no z: one multi-tensor pass per distinct coefficient.
-            for c in set(decay):
-                sel = [t for i, t in enumerate(targets)
-                       if decay[i] == c and plan.groups[plan.param_gid[i]][0].type == "cuda"]
-                if c != 0.0 and sel:
-                    torch._foreach_add_(sel, sel, alpha=c)
-            same = coef[0] if len(set(coef)) == 1 else None
-        for gid, k, m, segs in plan.cuda_tasks:
-            device, dtype, total = plan.groups[gid]
-            base = k * CUDA_CHUNK
-            if cache == "use":
-                zsrc, off = cache_bufs[1][gid], base
-            else:
-                gen, buf = self._cuda_state(device, dtype, min(total, CUDA_CHUNK))
-                zsrc, off = (cache_bufs[1][gid], base) if cache == "fill" else (buf, 0)
-                gen.manual_seed(int.from_bytes(_key(seed, gid, k, 8), "little"))
-                zsrc[off:off + m].normal_(generator=gen)
-            zv = self._zviews(plan, zsrc, off, gid, k, segs, targets)
-            tv = [targets[i] if whole else targets[i].view(-1)[po:po + n]
-                  for i, po, co, n, whole in segs]
-            if store:
-                torch._foreach_copy_(tv, zv)
-            elif same is not None:
-                if same != 0.0:
-                    torch._foreach_add_(tv, zv, alpha=same)
-            else:
-                cs = [coef[s[0]] for s in segs]
-                for c in set(cs):
-                    if c != 0.0:
-                        idx = [j for j, cj in enumerate(cs) if cj == c]
-                        torch._foreach_add_([tv[j] for j in idx], [zv[j] for j in idx], alpha=c)
-
-    def _zviews(self, plan, zsrc, off, gid, k, segs, targets):
-        """Views of a chunk's z shaped like their targets (cached: the buffers are ours)."""
-        key = (plan.sig, zsrc.data_ptr(), off, gid, k)
-        views = self._zv.get(key)
-        if views is None:
-            if len(self._zv) > 4096:
-                self._zv.clear()
-            views = [zsrc[off + co:off + co + n].view(targets[i].shape) if whole
-                     else zsrc[off + co:off + co + n] for i, po, co, n, whole in segs]
-            self._zv[key] = views
-        return views
-
-    def _cuda_state(self, device, dtype, size):
-        key = (device, dtype)
-        st = self._cuda.get(key)
-        if st is None or st[1].numel() < size:
-            self._zv.clear()
-            st = self._cuda[key] = (torch.Generator(device=device),
-                                    torch.empty(size, dtype=dtype, device=device))
-        return st
+    @torch.no_grad()
+    def add_to_grad_(self, params, seed, scales):
+        params = list(params)
+        for p, z, s in zip(params, self.draw_z(params, seed), _each(scales, len(params))):
+            p.grad = s * z if p.grad is None else p.grad + s * z
 
 
-class _CpuJob:
-    """One CPU pass: the per-chunk work run by the pool threads (all of it serial code)."""
-
-    def __init__(self, owner, plan, targets, targets_np, seed, decay, coef, cache, cache_bufs):
-        self.owner, self.plan, self.targets, self.targets_np = owner, plan, targets, targets_np
-        self.seed, self.decay, self.coef, self.cache = seed, decay, coef, cache
-        self.cache_t = cache_bufs[1] if cache_bufs else None
-        self.cache_np = cache_bufs[2] if cache_bufs else None
-
-    def run(self, task) -> None:
-        gid, k, m, segs = task
-        dtype = self.plan.groups[gid][1]
-        native = dtype in _NATIVE
-        st = self.owner._thread_state()
-        gen_dt = _NATIVE.get(dtype, np.float32)
-        bufs = st.bufs.get(gen_dt)
-        if bufs is None:
-            bufs = st.bufs[gen_dt] = (np.empty(CPU_CHUNK, gen_dt), np.empty(CPU_CHUNK, gen_dt))
-        zbuf, scratch = bufs
-        base = k * CPU_CHUNK
-        # z: in the per-thread buffer (may be scaled in place) or in the cache (read-only).
-        if self.cache == "use":
-            if native:
-                z, disposable = self.cache_np[gid][base:base + m], False
-            else:
-                z, disposable = zbuf[:m], True
-                for s, e in _blocks(m):
-                    torch.from_numpy(z[s:e]).copy_(self.cache_t[gid][base + s:base + e])
-        else:
-            st.bg.state = _pcg_state(self.seed, gid, k)
-            if self.cache == "fill" and native:
-                z, disposable = self.cache_np[gid][base:base + m], False
-            else:
-                z, disposable = zbuf[:m], True
-            _gauss(st.bg, m, z)
-            if not native:
-                _round_inplace(z, dtype)   # z "in the parameter dtype"
-                if self.cache == "fill":
-                    for s, e in _blocks(m):
-                        self.cache_t[gid][base + s:base + e].copy_(torch.from_numpy(z[s:e]))
-        for i, po, co, n in segs:
-            zz = z[co:co + n]
-            if not native:
-                self._lowp(self.targets[i].view(-1)[po:po + n], zz, i)
-                continue
-            t = self.targets_np[i][po:po + n]
-            if self.coef is None:
-                np.copyto(t, zz)
-                continue
-            c, s = self.decay[i], self.coef[i]
-            if c != 0.0:   # t + c t: the reference's "theta - lr wd theta"
-                tmp = scratch[:n]
-                np.multiply(t, c, out=tmp)
-                np.add(t, tmp, out=t)
-            if s != 0.0:
-                w = zz if disposable else scratch[:n]
-                np.multiply(zz, s, out=w)
-                np.add(t, w, out=t)
-
-    def _lowp(self, t: torch.Tensor, zz: np.ndarray, i: int) -> None:
-        """float16/bfloat16 targets: compute in float32, round once (small serial torch ops)."""
-        for s, e in _blocks(t.numel()):
-            zt = torch.from_numpy(zz[s:e])
-            tt = t[s:e]
-            if self.coef is None:
-                tt.copy_(zt)
-                continue
-            x = tt.float()
-            if self.decay[i] != 0.0:
-                x.add_(x, alpha=self.decay[i])
-            x.add_(zt, alpha=self.coef[i])
-            tt.copy_(x)
+def default_noise(cache_z: bool = False) -> Noise:
+    """The fast backend (imported here so that reading this module needs nothing else)."""
+    from .zo_backend import FastNoise
+    return FastNoise(cache_z=cache_z)
 
 
-def _blocks(n: int):
-    """Sub-blocks small enough that ATen runs an elementwise op serially (below its grain size),
-    so torch ops inside pool threads neither oversubscribe the cores nor depend on thread count."""
-    return ((s, min(n, s + _SUB)) for s in range(0, n, _SUB))
+class ZeroOrderSGD:
+    """MeZO for your own training loop: ``opt.step(closure)`` runs one step, closure returns the loss.
 
+        opt = ZeroOrderSGD(model.parameters(), lr=1e-6, eps=1e-3)
+        for batch in loader:
+            loss_plus, loss_minus = opt.step(lambda: model(**batch).loss)
 
-def _pcg_state(seed: int, gid: int, k: int) -> dict:
-    d = _key(seed, gid, k, 32)
-    return {"bit_generator": "PCG64DXSM",
-            "state": {"state": int.from_bytes(d[:16], "little"),
-                      "inc": int.from_bytes(d[16:], "little") | 1},
-            "has_uint32": 0, "uinteger": 0}
+    Works with any ``nn.Module`` (only parameters with ``requires_grad`` are perturbed, e.g. the
+    adapters of a peft model). The closure runs under ``torch.no_grad()``; put the model in eval
+    mode yourself if dropout should be off, as MeZO does. Seeds come from ``np.random.RandomState(seed)``.
+    """
 
+    def __init__(self, params, lr: float, eps: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
+                 noise: Optional[Noise] = None):
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.eps, self.weight_decay = lr, eps, weight_decay
+        self.seeds = np.random.RandomState(seed)
+        self.noise = noise if noise is not None else default_noise()
+        self.last: Optional[ZOStep] = None
 
-def _round_inplace(z: np.ndarray, dtype: torch.dtype) -> None:
-    """Round a float32 buffer to ``dtype`` values (kept as float32), in serial sub-blocks."""
-    for s, e in _blocks(z.shape[0]):
-        zt = torch.from_numpy(z[s:e])
-        zt.copy_(zt.to(dtype))
-
-
-_default = MeZO()
-
-
-def perturb_(params, seed: int, scale: float) -> None:
-    """theta <- theta + scale * z(seed), in place (see ``MeZO.perturb_``)."""
-    _default.perturb_(params, seed, scale)
-
-
-def mezo_step(params, loss_fn, *, seed: int, eps: float, lr: float,
-              weight_decay: Union[float, Sequence[float]] = 0.0, cache_z: bool = False) -> ZOStep:
-    """One MeZO step: +eps z, loss+, -2 eps z, loss-, fused restore+update (see ``MeZO.step``)."""
-    return _default.step(params, loss_fn, seed=seed, eps=eps, lr=lr, weight_decay=weight_decay,
-                         cache_z=cache_z)
-
-
-def accumulate_grad_(params, seed: int, coeff: float) -> None:
-    """p.grad += coeff * z(seed) (see ``MeZO.accumulate_grad_``)."""
-    _default.accumulate_grad_(params, seed, coeff)
-
-
-def draw_z(params, seed: int) -> List[torch.Tensor]:
-    """z(seed) shaped like ``params`` (see ``MeZO.draw_z``)."""
-    return _default.draw_z(params, seed)
+    def step(self, closure: Callable[[], torch.Tensor]):
+        with torch.no_grad():
+            self.last = mezo_step(self.params, closure, self.noise, int(self.seeds.randint(1_000_000_000)),
+                                  eps=self.eps, lr=self.lr, weight_decay=self.weight_decay)
+        return self.last.loss_plus, self.last.loss_minus

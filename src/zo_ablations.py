@@ -22,16 +22,13 @@ What lives here:
 * ``layer_wise_indices`` - ``--layer_wise_optim``: parameters whose name contains ``.<k>.`` with
   k = global_step mod num_layers (the reference's substring rule, spec §9 item 25).
 * ``minus_accuracy`` - the ``--optimize_acc`` objective.
-* ``spsa_pair`` / ``scaled_mezo_step`` - one SPSA pair with a per-parameter perturbation scale,
-  and the direct (in-place) MeZO step with block scaling (``--zo_variant`` on the default path).
 * ``ZOAblation`` - what the Trainer holds for the ablation paths: the trainer-optimizer step
   (SPSA pair(s) -> ``.grad``), the direct step with layer selection / block scaling, and the
   block-constant bookkeeping; ``ZOControl`` - the callback that schedules the block-constant
   (re)computation at epoch starts and stops training after ``--max_zo_forward_steps``.
 
-z is always regenerated from a seed with src/zo.py. z depends on the *list* of parameters
-(see src/zo.py), so every function below perturbs, restores and accumulates with the same list
-for the same seed.
+Every SPSA pair here is ``zo.mezo_step`` with per-parameter scales. z depends on the *list* of
+parameters (src/zo_backend.py), so each pair perturbs, restores and accumulates with one list.
 """
 import logging
 import math
@@ -143,15 +140,14 @@ def block_members(blocks: Sequence[Optional[str]], keys: Sequence[str],
     return [(k, m) for k, m in out if m]
 
 
-def zo_grad_norm_constants(params, blocks, keys, loss_fn: Callable[[], torch.Tensor],
+def zo_grad_norm_constants(params, blocks, keys, loss_fn: Callable[[], torch.Tensor], noise,
                            next_seed: Callable[[], int], eps: float) -> Dict[str, float]:
-    """c_b = |projected gradient| of an SPSA pair that perturbs only block b (plain z)."""
+    """c_b = |projected gradient| of an SPSA pair that perturbs only block b (plain z; lr 0: theta kept)."""
     params = list(params)
     consts = {}
     for key, members in block_members(blocks, keys):
         sub = [params[i] for i in members]
-        _, _, g = spsa_pair(sub, next_seed(), [eps] * len(sub), eps, loss_fn)
-        consts[key] = abs(g)
+        consts[key] = abs(zo.mezo_step(sub, loss_fn, noise, next_seed(), eps=eps).grad)
     return consts
 
 
@@ -167,51 +163,6 @@ def minus_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -(logits.argmax(-1) == labels.to(logits.device)).float().mean()
 
 
-# ----------------------------------------------------------------------------- SPSA arithmetic
-@torch.no_grad()
-def spsa_pair(params, seed: int, scales: Sequence[float], eps: float, loss_fn):
-    """theta + s z -> loss+, theta - s z -> loss-, restore; g = (loss+ - loss-) / (2 eps).
-
-    ``scales[i]`` is the perturbation of parameter i (eps, or eps / c_b with block scaling).
-    Returns (loss+, loss-, g) as floats; theta is restored whatever g is.
-    """
-    params = list(params)
-    scales = [float(s) for s in scales]
-    zo.perturb_(params, seed, scales)
-    loss_plus = float(loss_fn())
-    zo.perturb_(params, seed, [-2.0 * s for s in scales])
-    loss_minus = float(loss_fn())
-    zo.perturb_(params, seed, scales)
-    return loss_plus, loss_minus, (loss_plus - loss_minus) / (2.0 * eps)
-
-
-@torch.no_grad()
-def scaled_mezo_step(params, loss_fn, *, seed: int, eps: float, lr: float,
-                     weight_decay: Sequence[float], pert: Sequence[float], upd: Sequence[float]) -> zo.ZOStep:
-    """Direct MeZO step with per-parameter scaling (``--zo_variant`` on the default path).
-
-    Perturbation theta +/- eps * pert_i * z_i; update theta_i <- theta_i - lr (g upd_i z_i + wd_i theta_i)
-    on the restored theta (pert = 1/c_b, upd = c_b, or 1 with --change_grad_estimate).
-    Restore and update are fused: theta <- (1 - lr wd) theta_- + ((1 - lr wd) eps pert - lr g upd) z.
-    """
-    params = list(params)
-    plus = [eps * s for s in pert]
-    zo.perturb_(params, seed, plus)
-    loss_plus = float(loss_fn())
-    zo.perturb_(params, seed, [-2.0 * s for s in plus])
-    loss_minus = float(loss_fn())
-    g = (loss_plus - loss_minus) / (2.0 * eps)
-    if not math.isfinite(g):
-        zo.perturb_(params, seed, plus)
-        return zo.ZOStep(loss_plus, loss_minus, g, True)
-    keep = [1.0 - lr * float(w) for w in weight_decay]
-    for p, k in zip(params, keep):
-        if k != 1.0:
-            p.mul_(k)
-    zo.perturb_(params, seed, [k * s - lr * g * u for k, s, u in zip(keep, plus, upd)])
-    return zo.ZOStep(loss_plus, loss_minus, g, False)
-
-
 # ----------------------------------------------------------------------------- trainer state
 def needs_state(args) -> bool:
     """Whether the direct path needs a ZOAblation (layer selection or block scaling)."""
@@ -221,7 +172,8 @@ def needs_state(args) -> bool:
 class ZOAblation:
     """Per-run state of the ablation paths: the parameter list, blocks, block constants."""
 
-    def __init__(self, named, num_layers: int, args):
+    def __init__(self, named, num_layers: int, args, noise):
+        self.noise = noise
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.args = args
@@ -261,7 +213,7 @@ class ZOAblation:
         if a.zo_variant == "param_norm":
             consts = param_norm_constants(self.params, self.blocks)
         elif a.use_zo_grad_est:
-            consts = zo_grad_norm_constants(self.params, self.blocks, self.keys, loss_fn, next_seed,
+            consts = zo_grad_norm_constants(self.params, self.blocks, self.keys, loss_fn, self.noise, next_seed,
                                             a.zero_order_eps)
         else:
             consts = grad_norm_constants(self.params, self.blocks, loss_with_grad)
@@ -288,17 +240,12 @@ class ZOAblation:
 
     # --- the two paths
     def direct_step(self, loss_fn, *, seed: int, lr: float, weight_decay: Sequence[float],
-                    global_step: int, cache_z: bool = False) -> zo.ZOStep:
+                    global_step: int) -> zo.ZOStep:
         idx = self.selected(global_step)
-        params = [self.params[i] for i in idx]
-        wd = [weight_decay[i] for i in idx]
         pert = [self.pert_factor(self.blocks[i]) if self.uses_consts else 1.0 for i in idx]
         upd = [self.grad_factor(self.blocks[i], direct=True) if self.uses_consts else 1.0 for i in idx]
-        if all(x == 1.0 for x in pert + upd):   # plain MeZO on the selected parameters
-            return zo.mezo_step(params, loss_fn, seed=seed, eps=self.args.zero_order_eps, lr=lr,
-                                weight_decay=wd, cache_z=cache_z)
-        return scaled_mezo_step(params, loss_fn, seed=seed, eps=self.args.zero_order_eps, lr=lr,
-                                weight_decay=wd, pert=pert, upd=upd)
+        return zo.mezo_step([self.params[i] for i in idx], loss_fn, self.noise, seed, eps=self.args.zero_order_eps,
+                            lr=lr, weight_decay=[weight_decay[i] for i in idx], pert=pert, upd=upd)
 
     @torch.no_grad()
     def accumulate_step(self, loss_fn, next_seed: Callable[[], int], *, global_step: int,
@@ -323,18 +270,17 @@ class ZOAblation:
                 params = [self.params[i] for i in members]
                 if key is None:      # one pair over all selected parameters (per-parameter blocks)
                     blocks = [self.blocks[i] for i in members]
-                    pert = [eps * self.pert_factor(b) if self.uses_consts else eps for b in blocks]
+                    pert = [self.pert_factor(b) if self.uses_consts else 1.0 for b in blocks]
                 else:                # --zo_by_layer: one pair per block, always perturbed by z / c_b
                     blocks = [key] * len(members)
-                    pert = [eps / self.const(key)] * len(members)
-                seed = next_seed()
-                lp, lm, g = spsa_pair(params, seed, pert, eps, loss_fn)
-                if not math.isfinite(g):
+                    pert = [1.0 / self.const(key)] * len(members)
+                lp, lm, g, skipped = zo.mezo_step(params, loss_fn, self.noise, next_seed(), eps=eps, pert=pert,
+                                                  upd=[self.grad_factor(b) for b in blocks], into_grad=1.0 / div)
+                if skipped:
                     self.skipped += 1
                     logger.warning("step %d: non-finite ZO loss (%s, %s); sample skipped", global_step, lp, lm)
                     continue
                 losses.append(lp)
-                zo.accumulate_grad_(params, seed, [g / div * self.grad_factor(b) for b in blocks])
                 if key not in (None, REST) and a.norm_running_update:
                     # the unscaled directional derivative (as --use_zo_grad_est measures it)
                     c = abs(g) * self.const(key)

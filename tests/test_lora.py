@@ -45,7 +45,7 @@ def _lora_layers(model):
 def mezo_step(params, loss_fn, seed, eps=1e-3, lr=1e-2):
     """src/zo.py's step (the trainer's)."""
     from src import zo
-    return zo.mezo_step(params, loss_fn, seed=seed, eps=eps, lr=lr)
+    return zo.mezo_step(params, loss_fn, zo.default_noise(), seed, eps=eps, lr=lr)
 
 
 def test_query_value_replaced_and_count(tiny_roberta_dir):

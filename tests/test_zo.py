@@ -1,14 +1,37 @@
-"""src/zo.py: the MeZO arithmetic (spec §5.2, §5.3) against a literal, unfused implementation."""
+"""src/zo.py's MeZO step with the fast backend (src/zo_backend.py) against a literal, unfused
+implementation of spec §5.2 and against the literal noise backend (zo.PlainNoise)."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from src import zo
-from src.zo import MeZO, ZOStep, accumulate_grad_, draw_z, mezo_step, perturb_
+from src import zo_backend as zo
+from src.zo import PlainNoise, ZOStep
+from src.zo import mezo_step as zo_step
+from src.zo_backend import FastNoise
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+FAST = FastNoise()
+
+
+def draw_z(params, seed):
+    return FAST.draw_z(params, seed)
+
+
+def perturb_(params, seed, scale):
+    FAST.add_(params, seed, scale)
+
+
+def accumulate_grad_(params, seed, coeff):
+    FAST.add_to_grad_(params, seed, coeff)
+
+
+def mezo_step(params, loss_fn, *, seed, eps, lr, weight_decay=0.0, cache_z=False, noise=None):
+    noise = noise or (FastNoise(cache_z=True) if cache_z else FAST)
+    return zo_step(params, loss_fn, noise, seed, eps=eps, lr=lr, weight_decay=weight_decay)
 
 
 def tiny_mlp(dtype=torch.float64, device="cpu", seed=0):
@@ -78,11 +101,10 @@ def test_fused_step_matches_literal_reference(cache_z, wd):
     ref_model, _, _, ref_loss = tiny_mlp()
     ref_params = list(ref_model.parameters())
     start = [p.detach().clone() for p in params]
-    eng = MeZO()
+    eng = FastNoise(cache_z=cache_z)
     for step in range(6):
         seed = 1000 + step
-        out = eng.step(params, loss_fn, seed=seed, eps=1e-3, lr=0.05, weight_decay=weight_decay,
-                       cache_z=cache_z)
+        out = mezo_step(params, loss_fn, seed=seed, eps=1e-3, lr=0.05, weight_decay=weight_decay, noise=eng)
         lp, lm, g = reference_step(ref_params, ref_loss, seed, 1e-3, 0.05, weight_decay)
         assert isinstance(out, ZOStep) and not out.skipped
         assert out.loss_plus == pytest.approx(lp, rel=1e-12)
@@ -126,8 +148,8 @@ def test_threads_and_workers_do_not_change_z_or_steps():
         zs = []
         for nthreads, workers in [(1, 1), (2, 2), (1, 2), (2, 1), (2, 3)]:
             torch.set_num_threads(nthreads)
-            zs.append(MeZO(workers).draw_z(base, 5))
-            zs.append(MeZO().draw_z(base, 5))
+            zs.append(FastNoise(workers).draw_z(base, 5))
+            zs.append(FastNoise().draw_z(base, 5))
         for other in zs[1:]:
             assert all(torch.equal(a, b) for a, b in zip(zs[0], other))
     finally:
@@ -135,10 +157,10 @@ def test_threads_and_workers_do_not_change_z_or_steps():
 
     def run(workers, cache_z):
         params = [p.clone() for p in base]
-        eng = MeZO(workers)
+        eng = FastNoise(workers, cache_z=cache_z)
         loss = lambda: sum(float((p[:50] ** 2).sum()) for p in params)  # noqa: E731
         for s in range(3):
-            eng.step(params, loss, seed=s, eps=1e-3, lr=1e-4, weight_decay=0.1, cache_z=cache_z)
+            mezo_step(params, loss, seed=s, eps=1e-3, lr=1e-4, weight_decay=0.1, noise=eng)
         return params
 
     ref = run(1, False)
@@ -180,7 +202,7 @@ def test_per_parameter_weight_decay():
     torch.testing.assert_close(params[0], before[0], rtol=0, atol=1e-15)           # exempt
     torch.testing.assert_close(params[1], before[1] * (1 - 0.1 * 0.5), rtol=0, atol=1e-15)
     with pytest.raises(ValueError):
-        mezo_step(params, lambda: 1.0, seed=3, eps=1e-3, lr=0.1, weight_decay=[0.0])
+        FAST.decay_add_(params, 3, [0.0], 1.0)
 
 
 @pytest.mark.parametrize("cache_z", [False, True])
@@ -243,9 +265,9 @@ def test_low_precision_params(dtype):
         assert torch.equal(p, (s.float() + 0.5 * zi.float()).to(dtype))
     a = [p.clone() for p in start]
     b = [p.clone() for p in start]
-    MeZO(1).step(a, lambda: float(a[0][:10].float().square().sum()), seed=1, eps=1e-2, lr=1e-3)
-    MeZO(2).step(b, lambda: float(b[0][:10].float().square().sum()), seed=1, eps=1e-2, lr=1e-3,
-                 cache_z=True)
+    mezo_step(a, lambda: float(a[0][:10].float().square().sum()), seed=1, eps=1e-2, lr=1e-3, noise=FastNoise(1))
+    mezo_step(b, lambda: float(b[0][:10].float().square().sum()), seed=1, eps=1e-2, lr=1e-3,
+              noise=FastNoise(2, cache_z=True))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, start))
 
@@ -253,11 +275,11 @@ def test_low_precision_params(dtype):
 def test_cache_buffers_are_reused_and_releasable():
     model, _, _, loss_fn = tiny_mlp()
     params = list(model.parameters())
-    eng = MeZO()
-    eng.step(params, loss_fn, seed=1, eps=1e-3, lr=0.01, cache_z=True)
-    bufs = [b.data_ptr() for b in eng._cache[1]]
-    eng.step(params, loss_fn, seed=2, eps=1e-3, lr=0.01, cache_z=True)
-    assert [b.data_ptr() for b in eng._cache[1]] == bufs
+    eng = FastNoise(cache_z=True)
+    mezo_step(params, loss_fn, seed=1, eps=1e-3, lr=0.01, noise=eng)
+    bufs = [b.data_ptr() for b in eng._cache.flat]
+    mezo_step(params, loss_fn, seed=2, eps=1e-3, lr=0.01, noise=eng)
+    assert [b.data_ptr() for b in eng._cache.flat] == bufs
     eng.release_cache()
     assert eng._cache is None
 
@@ -312,13 +334,13 @@ def test_cuda_chunks_decay_cache_and_grads(dtype):
 
     def run(cache_z, bad=False):
         params = [nn.Parameter(p.clone()) for p in base]
-        eng = MeZO()
+        eng = FastNoise(cache_z=cache_z)
         for s in range(3):
             calls = iter([1.0, float("nan")]) if bad else None
             loss = (lambda: next(calls)) if bad else \
                 (lambda: sum(float(p.float()[:20].square().sum()) for p in params))
-            out = eng.step(params, loss, seed=s, eps=1e-2, lr=1e-3, cache_z=cache_z,
-                           weight_decay=[0.0, 0.1, 0.2, 0.0])
+            out = mezo_step(params, loss, seed=s, eps=1e-2, lr=1e-3, noise=eng,
+                            weight_decay=[0.0, 0.1, 0.2, 0.0])
             assert out.skipped == bad
         return params
     a, b = run(False), run(True)
@@ -331,3 +353,25 @@ def test_cuda_chunks_decay_cache_and_grads(dtype):
     accumulate_grad_(params, 11, 0.5)
     for p, z in zip(params, z1):
         torch.testing.assert_close(p.grad, 0.5 * z)
+
+
+@pytest.mark.parametrize("kind", ["update", "into_grad", "scaled"])
+def test_fast_backend_equals_plain_backend(kind):
+    """The same step through FastNoise and through the literal PlainNoise gives the same numbers."""
+    out = {}
+    for name, noise in (("fast", FastNoise(2)), ("plain", PlainNoise(FAST.draw_z)), ("cached", FastNoise(cache_z=True))):
+        model, _, _, loss_fn = tiny_mlp()
+        params = list(model.parameters())
+        kw = dict(eps=1e-3, lr=0.05, weight_decay=[0.1, 0.0, 0.2, 0.0])
+        if kind == "into_grad":
+            kw = dict(eps=1e-3, into_grad=0.5)
+        elif kind == "scaled":
+            kw.update(pert=[1.0, 0.5, 2.0, 1.0], upd=[3.0, 1.0, 0.25, 1.0])
+        steps = [zo_step(params, loss_fn, noise, s, **kw) for s in range(3)]
+        out[name] = (steps, [p.detach().clone() for p in params],
+                     [p.grad.clone() for p in params] if kind == "into_grad" else None)
+    for name in ("plain", "cached"):
+        assert out[name][0] == out["fast"][0]
+        assert all(torch.equal(a, b) for a, b in zip(out[name][1], out["fast"][1]))
+        if kind == "into_grad":
+            assert all(torch.equal(a, b) for a, b in zip(out[name][2], out["fast"][2]))

@@ -11,7 +11,8 @@ from transformers import AutoModelForMaskedLM
 import tiny
 
 import run
-from src import zo, zo_ablations
+from src import zo_ablations
+from src.zo_backend import FastNoise
 from src.arguments import MezoTrainingArguments, parse_args
 from src.data import Collator
 from src.errors import UsageError
@@ -80,7 +81,7 @@ def _loss(model, batch):
 @torch.no_grad()
 def _pair(model, params, batch, seed, scales):
     """Hand-made SPSA pair: theta +/- scales_i z_i, restore; returns g and z."""
-    z = zo.draw_z(params, seed)
+    z = FastNoise().draw_z(params, seed)
     for p, zz, s in zip(params, z, scales):
         p.add_(zz, alpha=s)
     lp = _loss(model, batch)

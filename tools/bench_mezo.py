@@ -12,8 +12,8 @@ after a warm-up and as the median over --reps repetitions run interleaved (so th
 the machine hits every variant alike):
 
   fwd        one ZO forward (eval mode, no_grad)
-  default    src.zo.mezo_step (three noise passes; restore and update fused)
-  cache      src.zo.mezo_step(cache_z=True) (one noise pass; one extra copy of the parameters)
+  default    src.zo.mezo_step with FastNoise (three noise passes; restore and update fused)
+  cache      the same with FastNoise(cache_z=True) (one noise draw; one extra copy of the parameters)
   reference  the reference's step: torch.manual_seed(s) + torch.normal per parameter, four
              regenerations, out-of-place `p.data = p.data + ...` updates
 
@@ -184,7 +184,8 @@ def child_memory(args, what):
     except Exception:
         pass
 
-    eng = zo.MeZO(args.workers)
+    from src.zo_backend import FastNoise
+    eng = FastNoise(args.workers, cache_z=(what == "cache"))
     cuda = args.device == "cuda"
     before = torch.cuda.memory_allocated() if cuda else _status_kb("VmRSS")
     model, params, loss_fn, _ = build(args)
@@ -201,7 +202,7 @@ def child_memory(args, what):
         elif what == "reference":
             reference_step(params, loss_fn, s)
         else:
-            eng.step(params, loss_fn, seed=s, eps=EPS, lr=LR, cache_z=(what == "cache"))
+            zo.mezo_step(params, loss_fn, eng, s, eps=EPS, lr=LR)
     _sync(args.device)
     if cuda:
         peak = torch.cuda.max_memory_allocated()
@@ -239,8 +240,9 @@ def main(argv=None):
     if args._child:
         return child_memory(args, args._child.split(":", 1)[1])
     from src import zo
+    from src.zo_backend import FastNoise
 
-    eng = zo.MeZO(args.workers)
+    eng, cached = FastNoise(args.workers), FastNoise(args.workers, cache_z=True)
     t0 = time.perf_counter()
     model, params, loss_fn, wrapper = build(args)
     n_params = sum(p.numel() for p in params)
@@ -263,8 +265,8 @@ def main(argv=None):
 
     variants = {
         "fwd": lambda: zo_loss(),
-        "default": lambda: eng.step(params, zo_loss, seed=next(seeds), eps=EPS, lr=LR),
-        "cache": lambda: eng.step(params, zo_loss, seed=next(seeds), eps=EPS, lr=LR, cache_z=True),
+        "default": lambda: zo.mezo_step(params, zo_loss, eng, next(seeds), eps=EPS, lr=LR),
+        "cache": lambda: zo.mezo_step(params, zo_loss, cached, next(seeds), eps=EPS, lr=LR),
         "reference": lambda: reference_step(params, zo_loss, next(seeds)),
     }
     times, cpu = {k: [] for k in variants}, {k: [] for k in variants}
@@ -275,7 +277,7 @@ def main(argv=None):
             inner[:] = [0.0, 0.0]
             dt, dc = timed(fn, args.device)
             if name == "cache" and rep == args.reps - 1:
-                eng.release_cache()
+                cached.release_cache()
             if rep >= 0:
                 times[name].append(dt)
                 cpu[name].append(dc)
