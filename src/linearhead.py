@@ -264,6 +264,9 @@ def fit_linear_head(trainer, model, train_dataset, task, training_args) -> dict:
     prob = bool(training_args.prob_as_feature)
     regression = task.output_mode == "regression"
     order = original_train_order(len(train_dataset), trainer.args)
+    if not order:
+        raise UsageError(f"--dataloader_drop_last: with --per_device_train_batch_size "
+                         f"{trainer.args.per_device_train_batch_size} no training example is left for linear probing")
     X, y = collect_features(trainer, model, train_dataset, prob_as_feature=prob, order=order,
                             batch_size=trainer.args.train_batch_size)
     if _is_prompt_model(model):

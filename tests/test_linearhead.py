@@ -13,6 +13,7 @@ import tiny
 import run
 from src.arguments import MezoTrainingArguments
 from src.data import Collator
+from src.errors import UsageError
 from src.linearhead import (LP_CS, collect_features, fit_linear_head, fit_probe, multinomial_logistic_cv,
                             original_train_order)
 from src.models import PromptMLM
@@ -243,6 +244,9 @@ def test_fit_linear_head_reads_features_in_the_reference_loader_order(tmp_path, 
     trainer.args.per_device_train_batch_size = 4
     fit_linear_head(trainer, model, data, get_task("SST-2"), _largs())
     assert seen["batch_size"] == 4 and seen["order"] == _literal_order(42, 21, 4)
+    trainer.args.per_device_train_batch_size, trainer.args.dataloader_drop_last = 32, True
+    with pytest.raises(UsageError, match="--dataloader_drop_last"):   # 21 < 32: nothing left to fit on
+        fit_linear_head(trainer, model, data, get_task("SST-2"), _largs())
 
 
 def test_prob_as_feature_folds_into_rows(tmp_path, tiny_roberta_dir):
