@@ -14,8 +14,9 @@ on the features, and the probe is written into the model's own output layer, so 
   generator is seeded from the global torch RNG, which the Trainer has just seeded with
   ``--seed``; ``DistributedSampler`` order, padding included, on several processes), and batches
   of ``train_batch_size`` as the reference did, so even the padding per batch is the same.
-* probe: the reference's ``LogisticRegressionCV(multi_class="multinomial")`` of scikit-learn
-  0.24-1.3 - a softmax fit with one row per class, *also for two classes* - which scikit-learn
+* probe: the reference's ``LogisticRegressionCV(multi_class="multinomial")`` of the scikit-learn
+  of its time (its install instructions pin 0.24) - a softmax fit with one row per class, *also
+  for two classes* - which scikit-learn
   1.9 no longer offers (``multi_class`` is gone and two classes always get the binomial fit, a
   different objective: its CV picks a different C). ``multinomial_logistic_cv`` states that
   estimator's algorithm with public pieces (scipy L-BFGS-B on the summed softmax loss plus
