@@ -16,9 +16,8 @@ on the features, and the probe is written into the model's own output layer, so 
   of ``train_batch_size`` as the reference did, so even the padding per batch is the same.
 * probe: the reference's ``LogisticRegressionCV(multi_class="multinomial")`` of the scikit-learn
   of its time (its install instructions pin 0.24) - a softmax fit with one row per class, *also
-  for two classes* - which scikit-learn
-  1.9 no longer offers (``multi_class`` is gone and two classes always get the binomial fit, a
-  different objective: its CV picks a different C). ``multinomial_logistic_cv`` states that
+  for two classes* - which scikit-learn 1.9 no longer offers (``multi_class`` is gone and two
+  classes always get the binomial fit, a different objective: its CV picks a different C). ``multinomial_logistic_cv`` states that
   estimator's algorithm with public pieces (scipy L-BFGS-B on the summed softmax loss plus
   ||W||^2 / 2C, options gtol=tol and maxiter as it passed them; ``StratifiedKFold(5)`` on the
   collected order; Cs = logspace(-4, 4, 10), each fold's path warm-started from the previous C;
