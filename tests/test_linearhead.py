@@ -13,7 +13,9 @@ import tiny
 import run
 from src.arguments import MezoTrainingArguments
 from src.data import Collator
-from src.linearhead import collect_features, fit_linear_head, fit_probe
+from src.errors import UsageError
+from src.linearhead import (LP_CS, collect_features, fit_linear_head, fit_probe, multinomial_logistic_cv,
+                            original_train_order)
 from src.models import PromptMLM
 from src.tasks import get_task
 from src.trainer import MezoTrainer
@@ -59,6 +61,131 @@ def _logits(model, data):
     return model(**batch).logits
 
 
+def _literal_order(seed, n, bs=8, drop_last=False):
+    """The reference's LP feature order, stated literally: transformers 4.28 seeded the global torch
+    RNG with --seed (Trainer.__init__), drew one int64 to seed the RandomSampler's generator, whose
+    one pass is randperm(n); the loader cut it into batches of bs (the last one kept)."""
+    torch.manual_seed(seed)
+    sampler_seed = int(torch.empty((), dtype=torch.int64).random_().item())
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(sampler_seed)).tolist()
+    batches = [perm[i:i + bs] for i in range(0, n, bs)]
+    if drop_last and len(batches[-1]) < bs:
+        batches.pop()
+    return [i for b in batches for i in b]
+
+
+@pytest.mark.parametrize("bs,drop_last", [(1, False), (3, False), (8, False), (64, False), (8, True)])
+def test_original_train_order_is_the_4_28_sampler(bs, drop_last):
+    args = types.SimpleNamespace(train_batch_size=bs, world_size=1, data_seed=None, seed=13,
+                                 dataloader_drop_last=drop_last)
+    want = _literal_order(13, 30, bs, drop_last)
+    after_two = [torch.empty((), dtype=torch.int64).random_().item() for _ in range(3)]  # draws 2..4
+    torch.manual_seed(13)
+    got = original_train_order(30, args)
+    assert got == want and (drop_last or sorted(got) == list(range(30)))
+    # the sampler seed and the loader's base seed were drawn, as in the reference: the next draw is the 3rd
+    assert torch.empty((), dtype=torch.int64).random_().item() == after_two[1]
+    torch.manual_seed(14)
+    assert original_train_order(30, args) != want          # a function of the seed
+
+
+def test_original_train_order_data_seed_and_distributed():
+    args = types.SimpleNamespace(train_batch_size=4, world_size=1, data_seed=7, seed=13, dataloader_drop_last=False)
+    torch.manual_seed(0)
+    assert original_train_order(10, args) == torch.randperm(10, generator=torch.Generator().manual_seed(7)).tolist()
+    # 3 processes, DistributedSampler(seed=13): randperm padded to a multiple of 3 by its head, rank r
+    # takes every 3rd from r; the reference gathered the ranks' features in rank order
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(13)).tolist()
+    padded = perm + perm[:2]
+    args = types.SimpleNamespace(train_batch_size=4, world_size=3, data_seed=None, seed=13, dataloader_drop_last=False)
+    assert original_train_order(10, args) == padded[0::3] + padded[1::3] + padded[2::3]
+
+
+def _literal_softmax_fit(X, y, K, C):
+    """argmin_W,b  C * sum_i -log softmax(W x_i + b)[y_i] + ||W||^2 / 2 (scikit-learn's documented
+    objective), by autograd + L-BFGS to a tight tolerance: an implementation independent of the probe's."""
+    from scipy.optimize import minimize
+
+    Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
+
+    def f(theta):
+        t = torch.as_tensor(theta).requires_grad_()
+        W, b = t[:K * X.shape[1]].view(K, -1), t[K * X.shape[1]:]
+        loss = C * torch.nn.functional.cross_entropy(Xt @ W.T + b, yt, reduction="sum") + 0.5 * (W * W).sum()
+        loss.backward()
+        return loss.item(), t.grad.numpy().copy()
+    res = minimize(f, np.zeros(K * (X.shape[1] + 1)), jac=True, method="L-BFGS-B",
+                   options={"gtol": 1e-11, "ftol": 1e-16, "maxiter": 100000, "maxcor": 30})
+    return res.x[:K * X.shape[1]].reshape(K, -1), res.x[K * X.shape[1]:]
+
+
+def _noisy(seed, n=40, K=2):
+    rs = np.random.RandomState(seed)
+    y = np.arange(n) % K
+    return rs.randn(n, 3) + 0.5 * np.eye(3)[y] @ np.array([[1, 0.5, 0], [-1, 0, 0.5], [0, -1, 1]]), y
+
+
+def _literal_objective(X, y, C, W, b):
+    Z = torch.as_tensor(X) @ torch.as_tensor(W).T + torch.as_tensor(b)
+    return (C * torch.nn.functional.cross_entropy(Z, torch.as_tensor(y), reduction="sum")
+            + 0.5 * (torch.as_tensor(W) ** 2).sum()).item()
+
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_softmax_fit_is_the_literal_multinomial_objective(K):
+    X, y = _noisy(3, K=K)
+    for C in (0.05, 3.0):
+        W, b, C_sel, _ = multinomial_logistic_cv(X, y, K, tol=1e-10, max_iter=100000, Cs=[C])
+        Wl, bl = _literal_softmax_fit(X, y, K, C)
+        assert C_sel == C and W.shape == (K, 3)
+        # the reference's L-BFGS-B also stops on its default relative decrease (ftol 2.2e-9): the
+        # same minimum up to that, not to the last digit
+        f, fl = _literal_objective(X, y, C, W, b), _literal_objective(X, y, C, Wl, bl)
+        assert fl <= f <= fl * (1 + 1e-8)
+        scale = np.abs(Wl).max()
+        np.testing.assert_allclose(W, Wl, rtol=0, atol=1e-3 * scale)
+        np.testing.assert_allclose(b - b.mean(), bl - bl.mean(), rtol=0, atol=1e-3 * scale)
+        if K == 2:   # two rows: the binomial fit at 2C, split in halves - not the binomial fit at C
+            from sklearn.linear_model import LogisticRegression
+            assert np.allclose(W[0], -W[1]) and np.isclose(b[0], -b[1])
+            for C2, same in ((2 * C, True), (C, False)):
+                u = LogisticRegression(C=C2, tol=1e-12, max_iter=100000).fit(X, y)
+                close = (np.allclose(W[1], u.coef_[0] / 2, rtol=0, atol=1e-3 * scale)
+                         and np.isclose(b[1], u.intercept_[0] / 2, rtol=0, atol=1e-3 * scale))
+                assert close == same
+
+
+def test_cv_selects_c_by_the_literal_rule():
+    """5 stratified folds of the collected order, the C grid logspace(-4, 4, 10), accuracy summed over
+    folds, the first maximum - with every fit taken from the literal objective."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
+    X, y = _noisy(6)
+    Cs = np.logspace(-4, 4, 10)
+    assert np.array_equal(LP_CS, Cs)
+    acc = np.zeros((5, 10))
+    for f, (tr, te) in enumerate(StratifiedKFold(5).split(X, y)):
+        for i, C in enumerate(Cs):
+            W, b = _literal_softmax_fit(X[tr], y[tr], 2, C)
+            acc[f, i] = np.mean((X[te] @ W.T + b).argmax(1) == y[te])
+    want = Cs[int(np.argmax(acc.sum(0)))]
+    W, b, C, scores = multinomial_logistic_cv(X, y, 2, tol=1e-10, max_iter=100000)
+    # (at C = 1e-4 the fits are ~0 and a held-out prediction can hang on the solver's last digits, in
+    # the reference too; on these data no prediction does)
+    np.testing.assert_array_equal(scores, acc.mean(0))
+    assert C == want
+    Wl, bl = _literal_softmax_fit(X, y, 2, want)
+    np.testing.assert_allclose(W, Wl, rtol=0, atol=1e-3 * np.abs(Wl).max())
+    # the reference's own tolerance picks the same C here, and the probe reports it
+    W4, b4, info = fit_probe(X, y, 2)
+    assert info["lp_C"] == want and np.allclose(W4, Wl, rtol=0, atol=1e-2 * np.abs(Wl).max())
+    # scikit-learn 1.9's binomial fit of the same grid would have picked another C on these data
+    binom = LogisticRegressionCV(Cs=Cs, cv=5, tol=1e-10, max_iter=100000, l1_ratios=(0.0,), scoring="accuracy",
+                                 use_legacy_attributes=False).fit(X, y)
+    assert binom.C_ != want
+
+
 def test_fit_probe_binary_rows_and_multiclass():
     rs = np.random.RandomState(0)
     X = rs.randn(60, 6)
@@ -83,7 +210,10 @@ def test_prompt_probe_writes_label_word_rows(tmp_path, tiny_roberta_dir, num_lab
     trainer = _trainer(tmp_path, model)
     weight0 = model.decoder.weight.detach().clone()
     bias0 = model.decoder.bias.detach().clone()
-    X, y = collect_features(trainer, model, data)
+    perm = _literal_order(trainer.args.seed, len(data), trainer.args.train_batch_size)
+    X, y = collect_features(trainer, model, data, order=perm, batch_size=trainer.args.train_batch_size)
+    assert y.tolist() == [data[i]["label"] for i in perm]
+    torch.manual_seed(trainer.args.seed)   # as the Trainer left it
     info = fit_linear_head(trainer, model, data, get_task("sst-5" if num_labels == 3 else "SST-2"), _largs())
     W, b, _ = fit_probe(X, y, num_labels, early_stopping=True)
     rows = WORDS[:num_labels]
@@ -92,9 +222,31 @@ def test_prompt_probe_writes_label_word_rows(tmp_path, tiny_roberta_dir, num_lab
     others = [i for i in range(weight0.shape[0]) if i not in rows]
     assert torch.equal(model.decoder.weight[others], weight0[others])
     assert torch.equal(model.decoder.bias[others], bias0[others])   # the shared bias: label words only
-    logits = _logits(model, data)
+    logits = _logits(model, data)[perm]
     torch.testing.assert_close(logits.double(), torch.as_tensor(X @ W.T + b), atol=1e-4, rtol=1e-4)
     assert (logits.argmax(-1) == torch.as_tensor(y)).all() and info["lp_train_acc"] == 1.0
+
+
+def test_fit_linear_head_reads_features_in_the_reference_loader_order(tmp_path, tiny_roberta_dir, monkeypatch):
+    import src.linearhead as lh
+
+    seen = {}
+    real = lh.collect_features
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **kw)
+    monkeypatch.setattr(lh, "collect_features", spy)
+    torch.manual_seed(0)
+    model = PromptMLM(AutoModelForMaskedLM.from_pretrained(tiny_roberta_dir), 2, WORDS[:2])
+    data = _toy(n=21)
+    trainer = _trainer(tmp_path, model)   # the Trainer seeds the global RNG with --seed (42), as in 4.28
+    trainer.args.per_device_train_batch_size = 4
+    fit_linear_head(trainer, model, data, get_task("SST-2"), _largs())
+    assert seen["batch_size"] == 4 and seen["order"] == _literal_order(42, 21, 4)
+    trainer.args.per_device_train_batch_size, trainer.args.dataloader_drop_last = 32, True
+    with pytest.raises(UsageError, match="--dataloader_drop_last"):   # 21 < 32: nothing left to fit on
+        fit_linear_head(trainer, model, data, get_task("SST-2"), _largs())
 
 
 def test_prob_as_feature_folds_into_rows(tmp_path, tiny_roberta_dir):
@@ -104,7 +256,8 @@ def test_prob_as_feature_folds_into_rows(tmp_path, tiny_roberta_dir):
     old = _logits(model, data).double()
     F = (old - old.mean(-1, keepdim=True)).numpy()   # centred log-probabilities
     y = np.array([d["label"] for d in data])
-    W, b, _ = fit_probe(F, y, 2, early_stopping=True)
+    perm = _literal_order(42, len(data))
+    W, b, _ = fit_probe(F[perm], y[perm], 2, early_stopping=True)
     fit_linear_head(_trainer(tmp_path, model), model, data, get_task("SST-2"), _largs(prob=True))
     torch.testing.assert_close(_logits(model, data).double(), torch.as_tensor(F @ W.T + b), atol=1e-4, rtol=1e-4)
 

@@ -90,8 +90,9 @@ def test_gather_picks_best_dev_per_seed_and_prints_population_std():
     assert [b["sst-2_test_eval_acc"] for b in best] == [0.70, 0.80, 0.65]
     text = out.getvalue()
     # mean 71.67, population std 6.24, median 70.0
-    assert "mean +- std: 71.7 (6.2) (#seeds 3) (#runs 6) (median 70.0)" in text
-    assert "42-42: best dev (0.75000, loss=0.5000) test (0.65000, loss=0.2500) | total trials: 1 (ignored 1)" in text
+    # #runs: the de-duplicated runs of the seeds shown, a float sum as in the reference
+    assert "mean +- std: 71.7 (6.2) (#seeds 3) (#runs 5.0) (median 70.0) | loss: 0.2500 (0.0000)" in text
+    assert "42-42: best dev (0.75000, loss=0.5000) test (0.65000, loss=0.2500)  | total trials: 1 (ignored 1)" in text
     assert "Tag: other" not in text
 
 
@@ -103,7 +104,7 @@ def test_gather_cli_on_log(tmp_path, repo_root):
            "--condition", "{'task_name': 'uci-sentiment'}"]
     p = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    assert "mean +- std: 80.0 (10.0) (#seeds 2) (#runs 2) (median 80.0)" in p.stdout
+    assert "mean +- std: 80.0 (10.0) (#seeds 2) (#runs 2.0) (median 80.0)" in p.stdout
     bad = subprocess.run(cmd[:-1] + ["{'task_name': __import__('os')}"], cwd=repo_root,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --condition")

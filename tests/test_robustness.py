@@ -151,7 +151,7 @@ def test_eight_writers_400_whole_lines_then_gather_skips_damage(tmp_path, repo_r
     assert p.returncode == 0, p.stderr
     assert f"{log}:2: damaged record skipped" in p.stderr
     assert f"{log}:404: damaged record skipped" in p.stderr
-    assert "(#seeds 8) (#runs 400)" in p.stdout
+    assert "(#seeds 8) (#runs 400.0)" in p.stdout
 
 
 # ----- non-finite MeZO losses ----------------------------------------------------------------

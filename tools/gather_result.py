@@ -2,14 +2,29 @@
 
     python tools/gather_result.py --condition "{'tag': 'k16-roberta-large-mezo-ft', 'task_name': 'sst-2'}"
 
-Runs that share a tag and K but differ in hyperparameters (and so in output_dir) form a grid;
-for every data-seed/training-seed pair the run with the highest dev metric is kept (ties: the
-smallest output_dir), and its test metric enters the mean. Std is the population std (ddof 0).
-Reads this project's JSON records and the original code's dict-repr lines; never uses eval.
+Prints what the reference's `tools/gather_result.py` prints, line for line, on the same log
+(spec §6.2): records matching every condition and holding both metric keys are grouped by
+"<data seed>-<seed>" (in the order the seeds first appear in the log); for every tag x K (each
+sorted) a seed's runs are de-duplicated by output_dir (a later record replaces an earlier one),
+the run with the highest dev metric is kept (ties: the smallest output_dir; a NaN compares as
+Python's max does), and `mean +- std` (population std) of its test metric is printed, with the
+median, `#runs` = the de-duplicated runs of the seeds shown (printed as a float, as the reference
+does), the second metric and the test loss. With `--args_to_care`, the configurations of the
+observed grid a seed has not run come first.
+
+Keys come from `src/tasks.py`: `<task>_dev_eval_<m>` / `<task>_test_eval_<m>` with m the metric the
+run selected on (`dev_objective`: f1 for MRPC/QQP, pearson for STS-B, mcc for CoLA, ...), the other
+metric of MRPC/QQP/STS-B as the second one; `mrpc/acc`, `qqp/f1`, `sts-b/spearmanr`, ... pick the
+metric explicitly, as in the reference. `mnli-mm` finds this project's mnli-mm runs (keys
+`mnli-mm_dev_eval_mnli-mm/acc`, `mnli-mm_test_eval_mnli-mm/acc`); on a log without any, the
+reference's mapping (task mnli, dev `mnli_dev_eval_mnli/acc`, test
+`mnli-mm_test_eval_mnli-mm/acc`) is tried. Reads JSON records and the reference's dict-repr
+lines; never uses eval. Where the reference crashes on a record without a loss, `nan` is printed.
 """
 import argparse
 import ast
 import itertools
+import math
 import os
 import sys
 
@@ -18,20 +33,40 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from src.results import read_records  # noqa: E402
+from src.tasks import DEV_OBJECTIVE_KEYS, TASKS  # noqa: E402
 
 DEFAULT_ARGS = ["per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "zero_order_eps",
                 "zero_order_sample", "zero_order_sample_scheduler", "scale_lr_with_samples", "lr_scheduler_type",
                 "weight_decay"]
-SECOND_METRIC = {"mrpc/acc": ("mrpc", "acc", "f1"), "mrpc/f1": ("mrpc", "f1", "acc"),
-                 "qqp/acc": ("qqp", "acc", "f1"), "qqp/f1": ("qqp", "f1", "acc"),
-                 "sts-b/pearson": ("sts-b", "pearson", "spearmanr"),
-                 "sts-b/spearmanr": ("sts-b", "spearmanr", "pearson")}
-KNOWN = {"sst-2", "sst-5", "mr", "cr", "mpqa", "subj", "trec", "cola", "mrpc", "qqp", "sts-b", "mnli", "mnli-mm",
-         "snli", "qnli", "rte", "wnli", "uci-sentiment", "ag_news", "yahoo_answers", "yelp_review_full"}
+# Tasks the reference's gather knows that this project does not run (for reading its logs): accuracy.
+ORIGINAL_ONLY_TASKS = ("ag_news", "yahoo_answers", "yelp_review_full")
 
 
 class GatherError(ValueError):
     pass
+
+
+def metric_names(task_name):
+    """The metric names a task reports (without `eval_`), from the task's own metric function."""
+    task = TASKS[task_name]
+    sample = np.array([0.0, 1.0]) if task.output_mode == "regression" else np.array([0, 1])
+    return list(task.compute_metrics(sample, sample))
+
+
+def selection_metric(names):
+    """The metric the runs selected on: the first of src.tasks.DEV_OBJECTIVE_KEYS the task reports."""
+    for key in DEV_OBJECTIVE_KEYS:
+        if key[len("eval_"):] in names:
+            return key[len("eval_"):]
+    raise GatherError(f"no dev objective among {names}")
+
+
+def _pair(names):
+    """MRPC/QQP: (acc, f1); STS-B: (pearson, spearmanr); None for a task with one metric."""
+    for pair in (("acc", "f1"), ("pearson", "spearmanr")):
+        if all(m in names for m in pair):
+            return pair
+    return None
 
 
 def derive_keys(condition):
@@ -41,108 +76,152 @@ def derive_keys(condition):
         raise GatherError("--condition: give a single task_name (or pass --key and --test_key)")
     if task is None:
         raise GatherError("--condition: needs 'task_name' (or pass --key and --test_key)")
-    if task in SECOND_METRIC:
-        real, m, m2 = SECOND_METRIC[task]
+    real, _, wanted = str(task).partition("/")
+    if real in ORIGINAL_ONLY_TASKS and not wanted:
+        return f"{real}_dev_eval_acc", f"{real}_test_eval_acc", None
+    if real not in TASKS:
+        raise GatherError(f"--condition: unknown task_name {task!r}; known: "
+                          f"{', '.join(list(TASKS) + list(ORIGINAL_ONLY_TASKS))}")
+    names = metric_names(real)
+    pair = _pair(names)
+    if wanted:
+        if pair is None or wanted not in pair:
+            raise GatherError(f"--condition: unknown task_name {task!r}"
+                              + (f"; {real} reports {'/'.join(pair)}" if pair else ""))
+        m = wanted
         condition["task_name"] = real
-        return f"{real}_dev_eval_{m}", f"{real}_test_eval_{m}", f"{real}_test_eval_{m2}"
-    if task not in KNOWN:
-        raise GatherError(f"--condition: unknown task_name {task!r}")
-    if task == "cola":
-        return "cola_dev_eval_mcc", "cola_test_eval_mcc", None
-    if task == "mnli":
-        return "mnli_dev_eval_mnli/acc", "mnli_test_eval_mnli/acc", None
-    if task == "mnli-mm":
-        return "mnli_dev_eval_mnli/acc", "mnli-mm_test_eval_mnli-mm/acc", None
-    return f"{task}_dev_eval_acc", f"{task}_test_eval_acc", None
+    else:
+        m = selection_metric(names)
+    second = None
+    if pair is not None and m in pair:
+        other = pair[1 - pair.index(m)]
+        second = f"{real}_test_eval_{other}"
+    return f"{real}_dev_eval_{m}", f"{real}_test_eval_{m}", second
 
 
-def loss_key(key):
-    return key[:key.index("_eval")] + "_eval_loss" if "_eval" in key else None
+# The reference's own mnli-mm mapping (spec §6.2): records of task mnli, mismatched test key.
+ORIGINAL_MNLI_MM = ("mnli", "mnli_dev_eval_mnli/acc", "mnli-mm_test_eval_mnli-mm/acc")
 
 
 def matches(record, condition):
+    """Every condition holds: the field is present and equal (a list: one of)."""
     for k, want in condition.items():
-        got = record.get(k)
+        if k not in record:
+            return False
         if isinstance(want, list):
-            if got not in want:
+            if record[k] not in want:
                 return False
-        elif got != want:
+        elif record[k] != want:
             return False
     return True
 
 
 def seed_id(record):
-    data_seed = str(record.get("data_dir", "")).rstrip("/").split("-")[-1]
-    return f"{data_seed}-{record.get('seed')}"
+    """`<data seed>-<seed>`: the last `-` piece of data_dir, then the training seed."""
+    return str(record.get("data_dir", "")).split("-")[-1] + "-" + str(record.get("seed"))
 
 
-def _fmt(x, nd):
-    return "nan" if x is None else f"{x:.{nd}f}"
+def _num(value):
+    """A metric as float: NaN for None (the reader's `nan`) and for the strings JSON stores."""
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
-def gather(records, condition, key, test_key, test_key2=None, args_to_care=None, out=sys.stdout):
-    """Print the report; return {(tag, k): [best record per seed]} for callers (report, tests)."""
-    care = args_to_care or DEFAULT_ARGS
-    kept = [r for r in records if matches(r, condition) and key in r and test_key in r]
-    by_seed = {}
-    for r in kept:
-        by_seed.setdefault(seed_id(r), []).append(r)
-    tags = sorted({(str(r.get("tag", "")), int(r.get("num_k", 0) or 0)) for r in kept})
+def loss_keys(test_key):
+    """(dev loss key, test loss key) as the reference derives them from the test key."""
+    test_loss = test_key.split("_eval")[0] + "_eval_loss"
+    return test_loss.replace("test", "dev"), test_loss
+
+
+def gather(records, condition, key, test_key, test_key2=None, args_to_care=None, out=None):
+    """Print the report (to ``out``, default stdout); return {(tag, k): [best record per seed]}."""
+    out = sys.stdout if out is None else out
+    seeds = {}
+    for r in records:
+        if matches(r, condition) and test_key in r and key in r:
+            seeds.setdefault(seed_id(r), []).append(r)
+    kept = [r for runs in seeds.values() for r in runs]
+    if args_to_care:
+        for r in kept:
+            missing = [a for a in args_to_care if a not in r]
+            if missing:
+                raise GatherError(f"--args_to_care: run {r.get('output_dir')} has no field {missing[0]!r}")
+    tags = sorted({r.get("tag", "") for r in kept})
+    ks = sorted({r.get("num_k", 0) for r in kept})
     chosen = {}
-    for tag, k in tags:
+    for tag, k in itertools.product(tags, ks):
         print(f"Tag: {tag}, K: {k}", file=out)
-        best_list, test2 = [], []
-        for sid in sorted(by_seed):
-            runs = {}
-            ignored = 0
-            for r in by_seed[sid]:
-                if str(r.get("tag", "")) == tag and int(r.get("num_k", 0) or 0) == k:
-                    if r.get("output_dir") in runs:
-                        ignored += 1
-                    runs[r.get("output_dir")] = r  # a later record replaces an earlier one
-            if not runs:
-                continue
-            best = sorted(runs.values(), key=lambda r: (-float(r[key]), str(r.get("output_dir"))))[0]
-            best_list.append(best)
-            lk, tlk = loss_key(key), loss_key(test_key)
-            line = (f"{sid}: best dev ({_fmt(best[key], 5)}, loss={_fmt(best.get(lk), 4)}) "
-                    f"test ({_fmt(best[test_key], 5)}, loss={_fmt(best.get(tlk), 4)})")
-            if test_key2 and test_key2 in best:
-                line += f" test2 ({_fmt(best[test_key2], 5)})"
-                test2.append(float(best[test_key2]))
-            print(line + f" | total trials: {len(runs)} (ignored {ignored})", file=out)
-            print("    " + " ".join(f"| {a}: {best.get(a)}" for a in care), file=out)
-            if args_to_care:
-                report_missing(list(runs.values()), args_to_care, sid, out)
-        tests = np.array([float(b[test_key]) for b in best_list]) * 100
-        n_runs = sum(1 for r in kept if str(r.get("tag", "")) == tag and int(r.get("num_k", 0) or 0) == k)
-        line = (f"mean +- std: {tests.mean():.1f} ({tests.std():.1f}) (#seeds {len(tests)}) (#runs {n_runs}) "
-                f"(median {np.median(tests):.1f})")
-        if test2:
-            t2 = np.array(test2) * 100
-            line += f" | second metric: {t2.mean():.1f} ({t2.std():.1f})"
-        losses = [float(b[loss_key(test_key)]) for b in best_list if loss_key(test_key) in b]
-        if losses:
-            line += f" | loss: {np.mean(losses):.4f} ({np.std(losses):.4f})"
-        print(line + "\n", file=out)
-        chosen[(tag, k)] = best_list
-    if not tags:
-        print("no matching records", file=out)
+        with_dups = {s: [r for r in runs if r.get("tag", "") == tag and r.get("num_k", 0) == k]
+                     for s, runs in seeds.items()}
+        deduped = {s: list({r.get("output_dir"): r for r in runs}.values()) for s, runs in with_dups.items()}
+        best = {s: max(sorted(runs, key=lambda r: str(r.get("output_dir"))), key=lambda r: _num(r[key]))
+                for s, runs in deduped.items() if runs}
+        if args_to_care:
+            report_missing(deduped, args_to_care, out)
+        print_seeds(best, deduped, with_dups, key, test_key, test_key2, args_to_care or DEFAULT_ARGS, out)
+        print_summary(best, deduped, test_key, test_key2, out)
+        chosen[(tag, k)] = list(best.values())
+    if not kept:
+        print("no matching records", file=sys.stderr)
     return chosen
 
 
-def report_missing(runs, args_to_care, sid, out):
-    """Configurations of the observed grid (Cartesian product) that this seed has not run."""
-    values = {a: sorted({repr(r.get(a)) for r in runs}) for a in args_to_care}
-    done = {tuple(repr(r.get(a)) for a in args_to_care) for r in runs}
-    missing = [c for c in itertools.product(*(values[a] for a in args_to_care)) if c not in done]
-    for c in missing:
-        print(f"    missing for seed {sid}: " + ", ".join(f"{a}={v}" for a, v in zip(args_to_care, c)), file=out)
-    if missing:
-        print(f"Rerun {len(missing)} configs", file=out)
-        print(f"seeds=({sid.split('-')[0]})", file=out)
-        for i, a in enumerate(args_to_care):
-            print(f"{a}s=(" + " ".join(sorted({c[i] for c in missing})) + ")", file=out)
+def print_seeds(best, deduped, with_dups, key, test_key, test_key2, fields, out):
+    dev_loss, test_loss = loss_keys(test_key)
+    for s, r in best.items():
+        second = f"test2 ({_num(r.get(test_key2)):.5f})" if test_key2 else ""
+        print(f"{s}: best dev ({_num(r[key]):.5f}, loss={_num(r.get(dev_loss)):.4f}) "
+              f"test ({_num(r[test_key]):.5f}, loss={_num(r.get(test_loss)):.4f}) {second} | "
+              f"total trials: {len(deduped[s])} (ignored {len(with_dups[s]) - len(deduped[s])})", file=out)
+        print("    " + "".join(f"| {a}: {r.get(a, '')} " for a in fields), file=out)
+
+
+def print_summary(best, deduped, test_key, test_key2, out):
+    line = "mean +- std: "
+    if best:
+        tests = np.array([_num(r[test_key]) for r in best.values()])
+        runs = np.array([len(deduped[s]) for s in best], dtype=np.float64).sum()
+        line += (f"{tests.mean() * 100:.1f} ({tests.std() * 100:.1f}) (#seeds {len(tests)}) (#runs {runs}) "
+                 f"(median {np.median(tests) * 100:.1f})")
+        if test_key2:
+            t2 = np.array([_num(r.get(test_key2)) for r in best.values()])
+            line += f" | second metric: {t2.mean() * 100:.1f} ({t2.std() * 100:.1f}) (median {np.median(t2) * 100:.1f})"
+        losses = np.array([_num(r.get(loss_keys(test_key)[1])) for r in best.values()])
+        line += f" | loss: {losses.mean():.4f} ({losses.std():.4f})"
+    print(line, file=out)
+    print("", file=out)
+
+
+def report_missing(deduped, args_to_care, out):
+    """Configurations of the observed grid (values in order of appearance) each seed has not run."""
+    values = {a: [] for a in args_to_care}
+    done = {}
+    for s, runs in deduped.items():
+        done[s] = []
+        for r in runs:
+            for a in args_to_care:
+                if r[a] not in values[a]:
+                    values[a].append(r[a])
+            done[s].append(tuple(r[a] for a in args_to_care))
+    rerun = {"seeds": [], **{f"{a}s": [] for a in args_to_care}}
+    count = 0
+    for s in deduped:
+        print(f"Missing configs for seed {s}", file=out)
+        for config in itertools.product(*values.values()):
+            if config in done[s]:
+                continue
+            rerun["seeds"].append(s.split("-")[-1])
+            print("\t" + "".join(f"{a}: {v} " for a, v in zip(args_to_care, config)), file=out)
+            for a, v in zip(args_to_care, config):
+                rerun[f"{a}s"].append(str(v))
+            count += 1
+    print(f"Rerun {count} configs", file=out)
+    for name, vals in rerun.items():
+        print(f"{name}=({' '.join(vals)})", file=out)
 
 
 def literal(text, flag, kind):
@@ -155,29 +234,45 @@ def literal(text, flag, kind):
     return value
 
 
+def resolve(records, condition, key, test_key):
+    """mnli-mm on a log with only the reference's records: its own mapping (task mnli)."""
+    if condition.get("task_name") != "mnli-mm" or any(
+            matches(r, condition) and key in r and test_key in r for r in records):
+        return condition, key, test_key
+    original = dict(condition, task_name=ORIGINAL_MNLI_MM[0])
+    if any(matches(r, original) and ORIGINAL_MNLI_MM[1] in r and ORIGINAL_MNLI_MM[2] in r for r in records):
+        return original, ORIGINAL_MNLI_MM[1], ORIGINAL_MNLI_MM[2]
+    return condition, key, test_key
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--condition", required=True, help="dict literal field -> value (a list means any of)")
     p.add_argument("--args_to_care", default=None, help="list literal of fields: report missing grid points")
     p.add_argument("--log", default="log")
-    p.add_argument("--key", default=None, help="dev metric key, e.g. sst-2_dev_eval_acc")
+    p.add_argument("--key", default=None, help="dev metric key, e.g. sst-2_dev_eval_acc (with --test_key)")
     p.add_argument("--test_key", default=None)
     p.add_argument("--test_key2", default=None)
     a = p.parse_args(argv)
     try:
         condition = literal(a.condition, "--condition", dict)
         care = literal(a.args_to_care, "--args_to_care", list) if a.args_to_care else None
-        if a.key and a.test_key:
+        if a.key or a.test_key:
+            if not (a.key and a.test_key):
+                raise GatherError("--key and --test_key go together")
             key, test_key, test_key2 = a.key, a.test_key, a.test_key2
         else:
             key, test_key, test_key2 = derive_keys(condition)
-            key, test_key, test_key2 = a.key or key, a.test_key or test_key, a.test_key2 or test_key2
+            test_key2 = a.test_key2 or test_key2
         if not os.path.isfile(a.log):
             raise GatherError(f"--log {a.log}: no such file")
+        records = read_records(a.log)
+        if not (a.key or a.test_key):
+            condition, key, test_key = resolve(records, condition, key, test_key)
+        gather(records, condition, key, test_key, test_key2, care)
     except GatherError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    gather(read_records(a.log), condition, key, test_key, test_key2, care)
     return 0
 
 
