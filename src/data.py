@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, RandomSampler
 
 from src.errors import UsageError
 from src.templates import render, render_finetune, validate_template
@@ -242,6 +242,16 @@ def build_dataset(split: str, examples: Sequence, support_examples: Optional[Seq
                           num_sample=num_sample, demo_filter=demo_filter,
                           demo_filter_rate=demo_filter_rate, demo_filter_model=demo_filter_model,
                           data_dir=data_dir, seed=seed)
+
+
+def original_train_sampler(dataset, args) -> RandomSampler:
+    """The original's training order (transformers 4.28): a RandomSampler whose generator is seeded
+    by --data_seed, or else by one int64 drawn from the global torch RNG as the sampler is built
+    (right after the Trainer seeded it with --seed), and then runs on across epochs."""
+    g = torch.Generator()
+    g.manual_seed(int(args.data_seed) if args.data_seed is not None
+                  else int(torch.empty((), dtype=torch.int64).random_().item()))
+    return RandomSampler(dataset, generator=g)
 
 
 class Collator:

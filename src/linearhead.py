@@ -50,8 +50,9 @@ import torch
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
+from .data import original_train_sampler
 from .errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -93,10 +94,7 @@ def original_train_order(n: int, args) -> list:
     data_seed = getattr(args, "data_seed", None)
     source = range(n)
     if world == 1:
-        g = torch.Generator()
-        g.manual_seed(int(data_seed) if data_seed is not None
-                      else int(torch.empty((), dtype=torch.int64).random_().item()))
-        shards = [list(RandomSampler(source, generator=g))]
+        shards = [list(original_train_sampler(source, args))]
     else:
         seed = int(data_seed) if data_seed is not None else int(args.seed)
         shards = [list(DistributedSampler(source, num_replicas=world, rank=r, seed=seed)) for r in range(world)]

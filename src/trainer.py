@@ -15,10 +15,11 @@ import math
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
 from . import checkpoint, distributed, zo, zo_ablations
+from .data import original_train_sampler
 from .optim import OriginalAdamW
 
 logger = logging.getLogger(__name__)
@@ -203,16 +204,12 @@ class MezoTrainer(Trainer):
             self.add_callback(SyncCheckCallback(self))
 
     def get_train_dataloader(self):
-        """The original's data order (transformers 4.28): one RandomSampler whose generator is seeded,
-        when the loader is built, by a draw from the global torch RNG, and then runs on across epochs
-        (accelerate's seedable sampler would instead reseed every epoch with seed + epoch).
-        Several processes: the stock sharded loader."""
+        """The original's data order (``data.original_train_sampler``; accelerate's seedable sampler
+        would instead reseed every epoch with seed + epoch). Several processes: the stock loader."""
         if self.args.world_size > 1 or self.train_dataset is None:
             return super().get_train_dataloader()
-        g = torch.Generator()
-        g.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
-        self.train_generator = g
-        self.train_sampler = RandomSampler(self.train_dataset, generator=g)
+        self.train_sampler = original_train_sampler(self.train_dataset, self.args)
+        self.train_generator = self.train_sampler.generator
         loader = DataLoader(self.train_dataset, batch_size=self.args.train_batch_size,
                             sampler=self.train_sampler, collate_fn=self.data_collator,
                             drop_last=self.args.dataloader_drop_last, num_workers=self.args.dataloader_num_workers,

@@ -234,3 +234,12 @@ def test_resumed_run_sees_the_same_batches(tmp_path, tiny_roberta_dir, resume_at
     t2, resumed = _order_trainer(tmp_path / "a", _model(tiny_roberta_dir), save_steps=1, save_total_limit=20)
     t2.train(resume_from_checkpoint=ckpt)
     assert resumed == full[resume_at:]
+
+
+def test_data_seed_seeds_the_sampler(tmp_path, tiny_roberta_dir):
+    """transformers 4.28: --data_seed, when given, seeds the sampler's generator instead of the draw."""
+    t, seen = _order_trainer(tmp_path, _model(tiny_roberta_dir), data_seed=5)
+    t.train()
+    g = torch.Generator().manual_seed(5)
+    perm = torch.randperm(12, generator=g).tolist()
+    assert seen[:2] == [perm[0:5], perm[5:10]]
