@@ -330,3 +330,34 @@ def test_launcher_flag_errors(capsys):
     assert grid.main(base + ["--timeout", "0"]) == 2
     assert grid.main(base + ["--parallel", "0"]) == 2
     assert "--timeout" in capsys.readouterr().err
+
+
+def test_slurm_gets_one_job_array_of_the_pending_runs(tmp_path, monkeypatch):
+    """With `srun`/`sbatch` on PATH (stand-ins that record the batch script) submitit talks Slurm."""
+    import glob
+    import pickle
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" "{tmp_path}/batch.sh"\necho "Submitted batch job 4242"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(grid, "data_exists", lambda run: True)
+    log = str(tmp_path / "log")
+    done = grid.enumerate_runs("mezo", "SST-2", 16, seeds=[13], grid_override={"lr": ("1e-4",)}, steps=100)[0]
+    results.append_record(log, fake_record(done.env, done.args))
+    out = io.StringIO()
+    assert grid.main(["--method", "mezo", "--task", "SST-2", "--seeds", "13", "21", "42", "--grid", "lr=1e-4",
+                      "--steps", "100", "--log", log, "--launcher", "submitit", "--partition", "gpu",
+                      "--gpus_per_node", "2", "--timeout", "90", "--parallel", "1",
+                      "--jobs_dir", str(tmp_path / "jobs")], out=out) == 0, out.getvalue()
+    assert "1 already in" in out.getvalue() and "submitted 2 job(s) (4242)" in out.getvalue()
+    batch = (tmp_path / "batch.sh").read_text()
+    for line in ("#SBATCH --array=0-1%1", "#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2",
+                 "#SBATCH --time=90", "#SBATCH --signal=USR2@"):
+        assert line in batch, batch
+    pickles = sorted(glob.glob(str(tmp_path / "jobs" / "*" / "*_submitted.pkl")))
+    jobs = [pickle.load(open(p, "rb")).function for p in pickles]
+    assert sorted(j.run.seed for j in jobs) == [21, 42]
+    assert all(j.run.args[-4:] == ["--save_steps", "10", "--resume_from_checkpoint", "auto"] for j in jobs)
