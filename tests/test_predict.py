@@ -47,6 +47,7 @@ VARIANTS = {
     "full": [],
     "lora": ["--apply_lora", "--lora_r", "4", "--lora_alpha", "16"],
     "prefix": ["--prefix_tuning", "--num_prefix", "3"],
+    "finetune": ["--few_shot_type", "finetune"],  # no prompt: the stock sequence classifier is saved
 }
 
 
@@ -66,12 +67,17 @@ def test_save_load_predict_same_logits(variant, tmp_path, small_data, tiny_bert_
 
     saved = load_file(folder / "model.safetensors")
     pretrained = load_file(os.path.join(tiny_bert_dir, "model.safetensors"))
-    assert not any("lora" in k or "prefix" in k or k.startswith("classifier") for k in saved)
+    assert not any("lora" in k or "prefix" in k or (k.startswith("classifier") and variant != "finetune")
+                   for k in saved)
     config = json.loads((folder / "config.json").read_text())
-    assert config["tie_word_embeddings"] is False and config["architectures"] == ["BertForMaskedLM"]
     meta = json.loads((folder / export.META_FILE).read_text())
-    assert (meta["task"], meta["template"], meta["label_words"]) == ("uci-sentiment", TEMPLATE, ["terrible", "great"])
-    assert meta["label_list"] == [0, 1] and meta["few_shot_type"] == "prompt" and meta["max_seq_length"] == 128
+    assert meta["task"] == "uci-sentiment" and meta["label_list"] == [0, 1] and meta["max_seq_length"] == 128
+    if variant == "finetune":
+        assert config["architectures"] == ["BertForSequenceClassification"] and meta["kind"] == "sequence-classification"
+        assert "classifier.weight" in saved and meta["label_words"] is None
+        return
+    assert config["tie_word_embeddings"] is False and config["architectures"] == ["BertForMaskedLM"]
+    assert (meta["template"], meta["label_words"], meta["few_shot_type"]) == (TEMPLATE, ["terrible", "great"], "prompt")
     query = "bert.encoder.layer.0.attention.self.query.weight"
     if variant == "full":  # MeZO trained every weight; the decoder is its own (untied) matrix
         assert not np.allclose(saved[query].numpy(), pretrained[query].numpy())
@@ -132,3 +138,17 @@ def test_pair_inputs_are_split_at_the_tab():
         ("A man sleeps.", "Nobody sleeps.")]
     with pytest.raises(predict.UsageError, match="--pair: input 1"):
         predict.read_inputs(["no tab here"], None, pair=True)
+
+
+def test_prompt_demo_model_predicts_with_its_stored_demonstrations(tmp_path, small_data, tiny_roberta_dir, one_thread):
+    """prompt-demo: the folder keeps the training examples; the same seeded demo draws give the same logits."""
+    memory, folder = train_and_save(tiny_roberta_dir, small_data, tmp_path, "--few_shot_type", "prompt-demo",
+                                    "--num_sample", "2", "--max_seq_length", "250", "--first_sent_limit", "40",
+                                    "--other_sent_limit", "40")
+    texts = sentences_of(small_data)
+    logits = np.stack([r[2] for r in predict.predict(str(folder), texts)])
+    np.testing.assert_allclose(logits, memory, rtol=0, atol=2e-6)
+    meta = json.loads((folder / export.META_FILE).read_text())
+    train = get_task("uci-sentiment").read_examples(small_data, "train")
+    assert [d["text_a"] for d in meta["demonstrations"]] == [e.text_a for e in train]
+    assert meta["rendered_template"].startswith(TEMPLATE) and "*label_1*" in meta["rendered_template"]
