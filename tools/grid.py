@@ -464,32 +464,17 @@ def launch_submitit(runs: List[Run], log: str, a, out=sys.stdout, on_submit=None
     missing = [r for r in todo if not r.data_ok]
     failures = [(r, f"no data folder {r.data_dir} (tools/generate_k_shot_data.py makes it)") for r in missing]
     todo = [r for r in todo if r.data_ok]
-    print(f"grid: {len(runs)} runs, {len(runs) - len(todo) - len(missing)} already in {log}, "
-          f"{len(todo)} to submit ({a.launcher})", file=out, flush=True)
     already = len(runs) - len(todo) - len(missing)
+    print(f"grid: {len(runs)} runs, {already} already in {log}, {len(todo)} to submit ({a.launcher})",
+          file=out, flush=True)
     if not todo:
         return report_failures(runs, [], failures, already, out)
     ex = make_executor(a)
-    local = getattr(ex, "cluster", "local") != "slurm"
-    with _RootOnPath():
-        if local:
-            queue, running = list(todo), []
-            while queue or running:
-                while queue and len(running) < max(1, a.parallel):
-                    r = queue.pop(0)
-                    job = ex.submit(GridJob(resumable(r, save_steps_for(r, a))))
-                    running.append((r, job))
-                    if on_submit:
-                        on_submit(r, job)
-                finished = [(r, j) for r, j in running if j.done()]
-                for r, j in finished:
-                    running.remove((r, j))
-                    failures += _finish(r, j, runs, log, out, local=True)
-                if not finished:
-                    time.sleep(poll_s)
-            return report_failures(runs, todo, failures, already, out)
-        with ex.batch():
-            pending = [(r, ex.submit(GridJob(resumable(r, save_steps_for(r, a))))) for r in todo]
+    if getattr(ex, "cluster", "local") != "slurm":
+        failures += _run_local(ex, todo, runs, log, a, out, on_submit, poll_s)
+        return report_failures(runs, todo, failures, already, out)
+    with _RootOnPath(), ex.batch():
+        pending = [(r, ex.submit(GridJob(resumable(r, save_steps_for(r, a))))) for r in todo]
     for r, job in pending:
         if on_submit:
             on_submit(r, job)
@@ -506,6 +491,31 @@ def launch_submitit(runs: List[Run], log: str, a, out=sys.stdout, on_submit=None
         if pending:
             time.sleep(max(poll_s, 30.0))
     return report_failures(runs, todo, failures, already, out)
+
+
+def _run_local(ex, todo, runs, log, a, out, on_submit, poll_s) -> List[tuple]:
+    """Local jobs, at most --parallel at a time, followed to the end; Ctrl-C cancels the running ones."""
+    queue, running, failures = list(todo), [], []
+    with _RootOnPath():
+        try:
+            while queue or running:
+                while queue and len(running) < a.parallel:
+                    r = queue.pop(0)
+                    running.append((r, ex.submit(GridJob(resumable(r, save_steps_for(r, a))))))
+                    if on_submit:
+                        on_submit(*running[-1])
+                finished = [(r, j) for r, j in running if j.done()]
+                for r, j in finished:
+                    running.remove((r, j))
+                    failures += _finish(r, j, runs, log, out, local=True)
+                if not finished:
+                    time.sleep(poll_s)
+        except KeyboardInterrupt:
+            for r, j in running:
+                j.cancel()
+                failures.append((r, "interrupted"))
+            print("\ngrid: interrupted; rerun the same command to continue", file=out)
+    return failures
 
 
 def save_steps_for(run: Run, a) -> Optional[int]:
