@@ -143,6 +143,8 @@ def test_restart_skips_runs_in_log(tmp_path, monkeypatch):
     assert len(runner.calls) == 8
     assert not any(c.env["LR"] == "1e-4" and c.env["SEED"] in ("13", "42") for c in runner.calls)
     assert "8 to run" in out.getvalue() and "2 already in" in out.getvalue()
+    # Progress counts the whole grid: 2 runs were done before the first of the 8 started.
+    assert "=== [1/8] (2/10 runs done)" in out.getvalue() and "=== [8/8] (9/10 runs done)" in out.getvalue()
     assert all(c.args[-2:] == ["--per_device_eval_batch_size", "32"] for c in runner.calls)
 
     again = FakeRunner()
