@@ -174,7 +174,8 @@ def read_meta(model_dir: str) -> dict:
     if not os.path.isdir(model_dir):
         raise UsageError(f"--model {model_dir}: no such folder")
     if not os.path.isfile(path):
-        raise UsageError(f"--model {model_dir}: no {META_FILE} (not a folder written by run.py --save_model)")
+        hint = " (did you mean its model/ folder?)" if os.path.isfile(os.path.join(model_dir, "model", META_FILE)) else ""
+        raise UsageError(f"--model {model_dir}: no {META_FILE} (not a folder written by run.py --save_model){hint}")
     try:
         with open(path) as f:
             meta = json.load(f)

@@ -124,7 +124,7 @@ def test_cli_prints_label_and_probabilities(tmp_path, small_data, tiny_bert_dir,
 
     # Bad input: one line naming the flag, exit 2.
     for argv, needle in ([["--model", str(tmp_path / "nope"), "x"], "--model"],
-                         [["--model", str(tmp_path), "x"], "mezo_export.json"],
+                         [["--model", str(tmp_path), "x"], "did you mean its model/ folder?"],
                          [["--model", str(folder), "--pair", "a\tb"], "--pair"],
                          [["--model", str(folder)], "no input"],
                          [["--model", str(folder), "--file", str(tmp_path / "none.txt")], "--file"]):
