@@ -377,12 +377,13 @@ def script_process(run: Run) -> int:
     import signal
     env = {k: v for k, v in os.environ.items() if k not in CONTROLLED}
     env.update(run.env)
-    proc = subprocess.Popen(["bash", os.path.join(ROOT, run.script)] + run.args, env=env, cwd=ROOT,
-                            start_new_session=True)
+    proc = None
     try:
+        proc = subprocess.Popen(["bash", os.path.join(ROOT, run.script)] + run.args, env=env, cwd=ROOT,
+                                start_new_session=True)
         return proc.wait()
     except BaseException:
-        for sig, grace in ((signal.SIGTERM, 0.5), (signal.SIGKILL, None)):
+        for sig, grace in ((signal.SIGTERM, 0.5), (signal.SIGKILL, None)) if proc is not None else ():
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
