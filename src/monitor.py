@@ -3,7 +3,7 @@
 `StepMonitor` collects every MeZO step's outcome (src/zo.py `ZOStep`: loss₊, loss₋, projected
 gradient, skipped) between two logging steps; `MezoTrainer.log` hands each training log to
 `extend`, which adds their means, the number of skipped steps so far and the examples per second
-of the window. The stock loop then passes the log to every `--report_to` integration
+of the window's updates (timed from step begin to step end: evaluations and logging excluded). The stock loop then passes the log to every `--report_to` integration
 (TensorBoard: `train/zo_loss_plus`, ...; dev evaluations arrive as `eval/<metric>`), to the
 log history and to the console: nothing is written outside the Trainer's own channels.
 
@@ -32,12 +32,20 @@ class StepMonitor(TrainerCallback):
     def __init__(self, trainer):
         self.trainer = trainer
         self.steps = []
-        self.window_start = time.time()
+        self.busy = 0.0  # seconds spent inside the window's updates
         self.window_step = 0
+        self.step_start = None
 
     def on_train_begin(self, args, state, control, **kw):
-        self.steps = []
-        self.window_start, self.window_step = time.time(), state.global_step
+        self.steps, self.busy, self.window_step = [], 0.0, state.global_step
+
+    def on_step_begin(self, args, state, control, **kw):
+        self.step_start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.step_start is not None:
+            self.busy += time.perf_counter() - self.step_start
+            self.step_start = None
 
     def record(self, step) -> None:
         """One MeZO step's outcome (a skipped step counts only in the skip counter)."""
@@ -61,11 +69,10 @@ class StepMonitor(TrainerCallback):
             logs[LOSS_MINUS] = _mean([s.loss_minus for s in self.steps])
             logs[GRAD] = _mean([s.grad for s in self.steps])
         logs[SKIPPED] = int(getattr(t, "zo_skipped", 0))
-        now, step = time.time(), t.state.global_step
-        if step > self.window_step and now > self.window_start:
-            logs[EXAMPLES_PER_S] = (step - self.window_step) * self.examples_per_step() / (now - self.window_start)
-        self.steps = []
-        self.window_start, self.window_step = now, step
+        step = t.state.global_step
+        if step > self.window_step and self.busy > 0:
+            logs[EXAMPLES_PER_S] = (step - self.window_step) * self.examples_per_step() / self.busy
+        self.steps, self.busy, self.window_step = [], 0.0, step
         return logs
 
 
