@@ -311,6 +311,9 @@ def run(argv=None) -> int:
         summary["train_steps_per_s"] = summary["global_step"] / max(time.time() - train_start, 1e-9)
     if training_args.save_at_last and trainer.is_world_process_zero():
         save_trainable(model, training_args.output_dir)
+    if training_args.save_model and trainer.is_world_process_zero():
+        from src import export
+        print(f"model saved to {export.save(model, tokenizer, datasets, task, model_args, data_args, training_args)}")
 
     dev_metrics = test_metrics = None
     if "dev" in datasets:

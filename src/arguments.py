@@ -157,6 +157,9 @@ class MezoTrainingArguments(TrainingArguments):
     no_train: bool = _f(False, "skip training (zero-shot record)")
     no_predict: bool = _f(False, "skip the test evaluation")
     save_at_last: bool = _f(False, "save the final trainable weights to output_dir")
+    save_model: bool = _f(False, "after training (best-dev weights), write <output_dir>/model: a Hugging Face "
+                          "folder (LoRA merged; prefixes as prefix.safetensors) + tokenizer + mezo_export.json, "
+                          "for tools/predict.py")
     random_model_init: bool = _f(False, "re-initialise all weights randomly")
     tie_emb: bool = _f(False, "tie the MLM decoder to the input embeddings (the reference unties them)")
     sweep: bool = _f(False, "append a timestamp folder to output_dir")

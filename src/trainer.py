@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
-from . import checkpoint, distributed, zo, zo_ablations
+from . import checkpoint, distributed, monitor, zo, zo_ablations
 from .data import original_train_sampler
 from .optim import OriginalAdamW
 
@@ -181,6 +181,7 @@ class MezoTrainer(Trainer):
         self.resume_sampler_state = None    # the same, read from a checkpoint being resumed
         self.add_callback(EpochSamplerState(self))
         self.add_callback(SkipLimitCallback(self))
+        self.monitor = monitor.install(self)  # MeZO scalars in the logs, dev score on the progress bar
         a = self.args
         self.zo = a.zero_order_optim and not a.zero_order_use_trainer_optim
         # --zero_order_use_trainer_optim: the ZO estimate goes to .grad, the stock optimizer updates.
@@ -272,6 +273,7 @@ class MezoTrainer(Trainer):
 
     def _zo_loss(self, step) -> torch.Tensor:
         """The loss the loop logs for a MeZO step; a skipped (non-finite) step is counted and logged."""
+        self.monitor.record(step)
         if step.skipped:
             self.zo_skipped += 1
             logger.warning("step %d: non-finite MeZO loss (%s, %s); update skipped",
@@ -318,6 +320,10 @@ class MezoTrainer(Trainer):
             # No DistributedDataParallel (and none of its gradient buckets) for MeZO.
             return Replica(self.model)
         return super()._wrap_model(model, training, dataloader)
+
+    def log(self, logs, *args, **kwargs):
+        """Training logs carry the MeZO step's own scalars to every --report_to integration (src/monitor.py)."""
+        super().log(self.monitor.extend(logs), *args, **kwargs)
 
     # ----- checkpoints (src/checkpoint.py): atomic, trainable parameters only, exact resume -----
     def _save_checkpoint(self, model, trial):

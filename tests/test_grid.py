@@ -1,6 +1,10 @@
 """tools/grid.py: grid enumeration, restart skipping, --print/--dry-run; the runner is mocked."""
+import dataclasses
 import io
+import os
 import shlex
+import sys
+import time
 
 import pytest
 
@@ -139,6 +143,8 @@ def test_restart_skips_runs_in_log(tmp_path, monkeypatch):
     assert len(runner.calls) == 8
     assert not any(c.env["LR"] == "1e-4" and c.env["SEED"] in ("13", "42") for c in runner.calls)
     assert "8 to run" in out.getvalue() and "2 already in" in out.getvalue()
+    # Progress counts the whole grid: 2 runs were done before the first of the 8 started.
+    assert "=== [1/8] (2/10 runs done)" in out.getvalue() and "=== [8/8] (9/10 runs done)" in out.getvalue()
     assert all(c.args[-2:] == ["--per_device_eval_batch_size", "32"] for c in runner.calls)
 
     again = FakeRunner()
@@ -215,3 +221,145 @@ def test_print_from_elsewhere_uses_absolute_script(tmp_path, monkeypatch):
     words = shlex.split(out.getvalue().splitlines()[0])
     assert words[words.index("bash") + 1] == grid.os.path.join(grid.ROOT, "mezo.sh")
     assert words[words.index("--log_file") + 1] == str(tmp_path / "mylog")
+
+
+# ----------------------------------------------------------------------------- submitit launcher
+
+def _cluster_argv(tmp_path, *extra):
+    return ["--method", "mezo", "--task", "uci-sentiment", "--model", "splade-tiny", "--seeds", "13", "42",
+            "--grid", "lr=1e-4 bs=16", "--steps", "2", "--eval_steps", "1", "--log", str(tmp_path / "log"),
+            "--launcher", "local", "--parallel", "2", "--jobs_dir", str(tmp_path / "jobs"), "--timeout", "10",
+            *extra, "--", "--no_predict", "--per_device_eval_batch_size", "32", "--disable_tqdm", "true"]
+
+
+FAKE_RUN = """import os, sys, time
+sys.path.insert(0, {tests!r})
+from test_grid import fake_record
+from src import results
+time.sleep(1.0)  # long enough for the test to cancel the job first
+args = sys.argv[1:]
+results.append_record(args[args.index("--log_file") + 1], dict(fake_record(os.environ, args), argv=args))
+"""
+
+
+def test_local_executor_kill_and_restart_fast(tmp_path, monkeypatch):
+    """The submitit path with a stand-in script (writes the record run.py would): kill, restart, skip."""
+    script = tmp_path / "fake.sh"
+    (tmp_path / "fake_run.py").write_text(FAKE_RUN.format(tests=os.path.dirname(os.path.abspath(__file__))))
+    script.write_text(f'exec "{sys.executable}" "{tmp_path / "fake_run.py"}" "$@"\n')
+    real = grid.enumerate_runs
+    monkeypatch.setattr(grid, "enumerate_runs", lambda *a, **kw: [dataclasses.replace(r, script=str(script))
+                                                                   for r in real(*a, **kw)])
+    monkeypatch.setattr(grid, "data_exists", lambda run: True)
+    log = str(tmp_path / "log")
+    argv = ["--method", "mezo", "--task", "SST-2", "--seeds", "13", "42", "--grid", "lr=1e-4", "--steps", "20", "--log", log,
+            "--launcher", "local", "--parallel", "2", "--jobs_dir", str(tmp_path / "jobs"), "--timeout", "5"]
+    submitted = []
+
+    def cancel_seed_42(run, job):
+        submitted.append(run.seed)
+        if run.seed == 42:
+            job.cancel()
+    out = io.StringIO()
+    assert grid.main(argv, out=out, on_submit=cancel_seed_42) == 1, out.getvalue()
+    time.sleep(1.5)  # a surviving script of the cancelled job would have written its record by now
+    assert sorted(submitted) == [13, 42]
+    assert [r["seed"] for r in results.read_records(log)] == [13]
+    assert "failed" in out.getvalue() and "1 run(s) finished" in out.getvalue()
+
+    again = []
+    out = io.StringIO()
+    assert grid.main(argv, out=out, on_submit=lambda run, job: again.append(run.seed)) == 0, out.getvalue()
+    assert again == [42] and "[2/2 runs done]" in out.getvalue()
+    records = results.read_records(log)
+    assert sorted(r["seed"] for r in records) == [13, 42]
+    # Each job got checkpoints every eval_steps (20 // 10) and resumes from the newest.
+    assert all(r["argv"][-6:] == ["--log_file", log, "--save_steps", "2", "--resume_from_checkpoint", "auto"]
+               for r in records)
+
+    out = io.StringIO()
+    assert grid.main(argv, out=out, on_submit=lambda run, job: again.append(run.seed)) == 0
+    assert again == [42] and "0 to submit" in out.getvalue()
+
+
+@pytest.mark.slow
+def test_local_executor_grid_with_a_killed_run_restarts_only_that_run(tmp_path):
+    """Two real 2-step runs as submitit jobs; the seed-42 job is cancelled; the rerun submits only it."""
+    submitted = []
+
+    def cancel_seed_42(run, job):
+        submitted.append(run.seed)
+        if run.seed == 42:
+            job.cancel()  # as `scancel`: the job, its script and run.py are ended before any record
+    out = io.StringIO()
+    assert grid.main(_cluster_argv(tmp_path), out=out, on_submit=cancel_seed_42) == 1, out.getvalue()
+    assert sorted(submitted) == [13, 42]
+    assert [r["seed"] for r in results.read_records(str(tmp_path / "log"))] == [13]
+    assert "1 run(s) finished, 0 skipped (already done), 1 failed" in out.getvalue()
+
+    again = []
+    out = io.StringIO()
+    assert grid.main(_cluster_argv(tmp_path), out=out, on_submit=lambda run, job: again.append(run.seed)) == 0, \
+        out.getvalue()
+    assert again == [42]
+    assert "1 already in" in out.getvalue() and "[2/2 runs done]" in out.getvalue()
+    records = results.read_records(str(tmp_path / "log"))
+    assert sorted(r["seed"] for r in records) == [13, 42]
+    # Every job ran resumable: checkpoints every eval_steps updates, resume from the newest.
+    assert all(r["max_steps"] == 2 and r["save_steps"] == 1 for r in records)
+    assert not os.path.exists(os.path.join(grid.ROOT, "result", "uci-sentiment-splade-tiny-prompt-standard-"
+                                           "k16-splade-tiny-mezo-ftseed42-bs16-lr1e-4-eps1e-3-wd0-step2-evalstep1"))
+
+
+def test_resumable_jobs_and_preemption_hook():
+    run = grid.enumerate_runs("mezo-lora", "RTE", 16, seeds=[13], steps=50, log="L", extra=["--save_steps", "7"])[0]
+    r = grid.resumable(run, 5)
+    # Inserted before the flags after `--`, so that a user's --save_steps (the last one) wins in run.py.
+    assert r.args == ["--apply_lora", "--lora_r", "8", "--lora_alpha", "16", "--log_file", "L", "--save_steps", "5",
+                      "--resume_from_checkpoint", "auto", "--save_steps", "7"]
+    assert run.args[-2:] == ["--save_steps", "7"] and "--resume_from_checkpoint" not in run.args
+    zero_shot = grid.enumerate_runs("zero-shot", "RTE", 16, seeds=[13])[0]
+    assert grid.resumable(zero_shot, 5) is zero_shot  # no training, nothing to resume
+    job = grid.GridJob(r)
+    again = job.checkpoint()  # what submitit calls on preemption / timeout: the same run again
+    assert isinstance(again.function, grid.GridJob) and again.function.run == r
+    import pickle
+    assert pickle.loads(pickle.dumps(job)).run == r
+
+
+def test_launcher_flag_errors(capsys):
+    base = ["--method", "mezo", "--task", "SST-2", "--launcher", "local"]
+    assert grid.main(base + ["--timeout", "0"]) == 2
+    assert grid.main(base + ["--parallel", "0"]) == 2
+    assert "--timeout" in capsys.readouterr().err
+
+
+def test_slurm_gets_one_job_array_of_the_pending_runs(tmp_path, monkeypatch):
+    """With `srun`/`sbatch` on PATH (stand-ins that record the batch script) submitit talks Slurm."""
+    import glob
+    import pickle
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" "{tmp_path}/batch.sh"\necho "Submitted batch job 4242"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(grid, "data_exists", lambda run: True)
+    log = str(tmp_path / "log")
+    done = grid.enumerate_runs("mezo", "SST-2", 16, seeds=[13], grid_override={"lr": ("1e-4",)}, steps=100)[0]
+    results.append_record(log, fake_record(done.env, done.args))
+    out = io.StringIO()
+    assert grid.main(["--method", "mezo", "--task", "SST-2", "--seeds", "13", "21", "42", "--grid", "lr=1e-4",
+                      "--steps", "100", "--log", log, "--launcher", "submitit", "--partition", "gpu",
+                      "--gpus_per_node", "2", "--timeout", "90", "--parallel", "1",
+                      "--jobs_dir", str(tmp_path / "jobs")], out=out) == 0, out.getvalue()
+    assert "1 already in" in out.getvalue() and "submitted 2 job(s) (4242)" in out.getvalue()
+    batch = (tmp_path / "batch.sh").read_text()
+    for line in ("#SBATCH --array=0-1%1", "#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2",
+                 "#SBATCH --time=90", "#SBATCH --signal=USR2@"):
+        assert line in batch, batch
+    pickles = sorted(glob.glob(str(tmp_path / "jobs" / "*" / "*_submitted.pkl")))
+    jobs = [pickle.load(open(p, "rb")).function for p in pickles]
+    assert sorted(j.run.seed for j in jobs) == [21, 42]
+    assert all(j.run.args[-4:] == ["--save_steps", "10", "--resume_from_checkpoint", "auto"] for j in jobs)

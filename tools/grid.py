@@ -54,6 +54,17 @@ use --grid / --steps instead, otherwise the restart check could never match.
 not done yet (all runs with --all) for a cluster scheduler and runs nothing. Without them the
 runs go one after another; a failed run (e.g. a method run.py does not implement yet) is
 reported and the grid goes on; the exit status is 1 if any run failed.
+
+On a cluster (the `submitit` library):
+    python tools/grid.py --method mezo --task SST-2 --launcher submitit --partition gpu \
+        --gpus_per_node 1 --timeout 1440                 # one Slurm job array, returns at once
+    python tools/grid.py ... --launcher local --parallel 2   # same jobs on this machine, waited for
+Only runs not yet in the log are submitted (rerun the same command after a crash, a cancelled
+job or to see progress with --dry-run). Each job runs the same script line as above, plus
+`--save_steps S --resume_from_checkpoint auto` (S = --save_steps, default the run's eval_steps):
+a preempted or timed-out job is requeued by submitit and continues from its newest checkpoint.
+Job logs go to --jobs_dir. --wait (always on for --launcher local) follows the jobs and prints
+`runs done / total` as they finish; the exit status is then 1 if any run failed.
 """
 import argparse
 import itertools
@@ -312,7 +323,8 @@ def run_grid(runs: List[Run], log: str, runner=subprocess_runner, out=sys.stdout
     print(f"grid: {len(runs)} runs, {len(runs) - len(todo)} already in {log}, {len(todo)} to run", file=out)
     failures = []
     for i, r in enumerate(todo, 1):
-        print(f"\n=== [{i}/{len(todo)}] {r.describe()}", file=out, flush=True)
+        done = sum(x.done for x in runs)
+        print(f"\n=== [{i}/{len(todo)}] ({done}/{len(runs)} runs done) {r.describe()}", file=out, flush=True)
         if not r.data_ok:
             why = f"no data folder {r.data_dir} (tools/generate_k_shot_data.py makes it)"
             print(f"=== failed: {why}", file=out)
@@ -343,6 +355,194 @@ def run_grid(runs: List[Run], log: str, runner=subprocess_runner, out=sys.stdout
     return failures
 
 
+# ----------------------------------------------------------------------------- submitit launcher
+
+def resumable(run: Run, save_steps: Optional[int]) -> Run:
+    """The run with checkpoints every `save_steps` updates and `--resume_from_checkpoint auto`.
+
+    Inserted before the flags given after `--`, so that those still win (run.py: the last one does)."""
+    if not save_steps or not methods(run.k)[run.method].trains:
+        return run
+    i = run.args.index("--log_file") + 2
+    args = run.args[:i] + ["--save_steps", str(save_steps), "--resume_from_checkpoint", "auto"] + run.args[i:]
+    return Run(run.method, run.task, run.k, run.seed, run.model, run.script, dict(run.env), args, dict(run.match),
+               run.done, run.data_ok)
+
+
+def script_process(run: Run) -> int:
+    """Run the grid point's script in its own process group; any interruption ends the whole group.
+
+    A job's signal (cancel, preemption, timeout) reaches only the job's Python process; without
+    this, bash and run.py would outlive it and finish (or half-finish) the run unseen."""
+    import signal
+    env = {k: v for k, v in os.environ.items() if k not in CONTROLLED}
+    env.update(run.env)
+    proc = None
+    try:
+        proc = subprocess.Popen(["bash", os.path.join(ROOT, run.script)] + run.args, env=env, cwd=ROOT,
+                                start_new_session=True)
+        return proc.wait()
+    except BaseException:
+        for sig, grace in ((signal.SIGTERM, 0.5), (signal.SIGKILL, None)) if proc is not None else ():
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        raise
+
+
+@dataclass
+class GridJob:
+    """What one submitit job runs: the grid point's script line; requeued as is on preemption."""
+    run: Run
+
+    def __call__(self) -> int:
+        rc = script_process(self.run)
+        if rc != 0:
+            raise RuntimeError(f"{self.run.describe()}: exit status {rc}")
+        return rc
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit's preemption / timeout hook: submit the same job again; run.py resumes (auto)."""
+        import submitit
+        return submitit.helpers.DelayedSubmission(GridJob(self.run))
+
+
+class _RootOnPath:
+    """Jobs unpickle GridJob in a fresh Python: put the repository on its PYTHONPATH at submission."""
+
+    def __enter__(self):
+        self.old = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = ROOT + (os.pathsep + self.old if self.old else "")
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = self.old
+
+
+def make_executor(a):
+    """submitit executor for --launcher submitit (Slurm if present, else local) or local."""
+    import submitit
+    folder = os.path.join(os.path.abspath(a.jobs_dir), "%j")
+    if a.launcher == "local":
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(timeout_min=a.timeout, gpus_per_node=a.gpus_per_node or 0)
+        return ex
+    ex = submitit.AutoExecutor(folder=folder)
+    gpus = 1 if a.gpus_per_node is None else a.gpus_per_node
+    ex.update_parameters(timeout_min=a.timeout, gpus_per_node=gpus, cpus_per_task=a.cpus_per_task,
+                         mem_gb=a.mem_gb, name="mezo-grid", slurm_partition=a.partition,
+                         slurm_array_parallelism=a.parallel)
+    return ex
+
+
+def job_failure(job, local: bool = False) -> Optional[str]:
+    """None if the job returned, else the last line of its error (killed, cancelled, exit status)."""
+    if local and not job.paths.result_pickle.exists():
+        # result() would wait 15 s for a slow network file system; a local job has written it or never will.
+        return f"job {job.job_id} ended without a result (killed or cancelled; see {job.paths.stderr})"
+    try:
+        job.result()
+        return None
+    except Exception as e:  # submitit's FailedJobError / UncompletedJobError
+        lines = [x for x in str(e).splitlines() if x.strip()]
+        return lines[-1].strip() if lines else type(e).__name__
+
+
+def launch_submitit(runs: List[Run], log: str, a, out=sys.stdout, on_submit=None, poll_s: float = 0.25):
+    """Submit the runs not yet in the log; with --wait (always for local jobs) follow them to the end.
+
+    Slurm gets one job array; locally at most --parallel jobs run at once. `on_submit(run, job)` is
+    called after each submission (tests use it to kill a job). Returns [(run, why)] of failures."""
+    todo = [r for r in runs if not r.done]
+    missing = [r for r in todo if not r.data_ok]
+    failures = [(r, f"no data folder {r.data_dir} (tools/generate_k_shot_data.py makes it)") for r in missing]
+    todo = [r for r in todo if r.data_ok]
+    already = len(runs) - len(todo) - len(missing)
+    print(f"grid: {len(runs)} runs, {already} already in {log}, {len(todo)} to submit ({a.launcher})",
+          file=out, flush=True)
+    if not todo:
+        return report_failures(runs, [], failures, already, out)
+    ex = make_executor(a)
+    if getattr(ex, "cluster", "local") != "slurm":
+        failures += _run_local(ex, todo, runs, log, a, out, on_submit, poll_s)
+        return report_failures(runs, todo, failures, already, out)
+    with _RootOnPath(), ex.batch():
+        pending = [(r, ex.submit(GridJob(resumable(r, save_steps_for(r, a))))) for r in todo]
+    for r, job in pending:
+        if on_submit:
+            on_submit(r, job)
+    print(f"grid: submitted {len(pending)} job(s) ({pending[0][1].job_id.split('_')[0]}); logs in {a.jobs_dir}",
+          file=out, flush=True)
+    if not a.wait:
+        print("grid: rerun this command with --dry-run to see which runs are done", file=out)
+        return failures
+    while pending:
+        finished = [(r, j) for r, j in pending if j.done()]
+        for r, j in finished:
+            pending.remove((r, j))
+            failures += _finish(r, j, runs, log, out)
+        if pending:
+            time.sleep(max(poll_s, 30.0))
+    return report_failures(runs, todo, failures, already, out)
+
+
+def _run_local(ex, todo, runs, log, a, out, on_submit, poll_s) -> List[tuple]:
+    """Local jobs, at most --parallel at a time, followed to the end; Ctrl-C cancels the running ones."""
+    queue, running, failures = list(todo), [], []
+    with _RootOnPath():
+        try:
+            while queue or running:
+                while queue and len(running) < a.parallel:
+                    r = queue.pop(0)
+                    running.append((r, ex.submit(GridJob(resumable(r, save_steps_for(r, a))))))
+                    if on_submit:
+                        on_submit(*running[-1])
+                finished = [(r, j) for r, j in running if j.done()]
+                for r, j in finished:
+                    running.remove((r, j))
+                    failures += _finish(r, j, runs, log, out, local=True)
+                if not finished:
+                    time.sleep(poll_s)
+        except KeyboardInterrupt:
+            for r, j in running:
+                j.cancel()
+                failures.append((r, "interrupted"))
+            print("\ngrid: interrupted; rerun the same command to continue", file=out)
+    return failures
+
+
+def save_steps_for(run: Run, a) -> Optional[int]:
+    if a.save_steps is not None:
+        return a.save_steps
+    return int(run.env["EVAL_STEP"]) if "EVAL_STEP" in run.env else None
+
+
+def _finish(r: Run, job, runs, log, out, local=False) -> List[tuple]:
+    why = job_failure(job, local)
+    if why is None and not is_done(r, read_log(log)):
+        why = "exited 0 but left no matching record in the log"
+    r.done = why is None
+    state = "done" if r.done else f"failed ({why})"
+    print(f"=== {state}: {r.describe()}  [{sum(x.done for x in runs)}/{len(runs)} runs done]", file=out, flush=True)
+    return [] if r.done else [(r, why)]
+
+
+def report_failures(runs, submitted, failures, already, out):
+    ok = sum(1 for r in submitted if r.done)
+    print(f"\ngrid: {ok} run(s) finished, {already} skipped (already done), {len(failures)} failed", file=out)
+    for r, why in failures:
+        print(f"  FAILED ({why}): {r.describe()}\n    {r.command()}", file=out)
+    return failures
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         usage="%(prog)s --method M --task T [--k K] [--model M] [options] [-- run.py args]",
@@ -364,6 +564,22 @@ def build_parser():
     g.add_argument("--print", dest="print_cmds", action="store_true",
                    help="write one shell command per pending run (for a scheduler); run nothing")
     p.add_argument("--all", action="store_true", help="with --print: also the runs that are already done")
+    c = p.add_argument_group("launching (submitit)")
+    c.add_argument("--launcher", choices=("serial", "submitit", "local"), default="serial",
+                   help="serial: one after another here (default); submitit: Slurm job array (falls back to "
+                        "local jobs without Slurm); local: submitit's local executor on this machine")
+    c.add_argument("--partition", default=None, help="Slurm partition")
+    c.add_argument("--gpus_per_node", type=int, default=None, help="GPUs per job (default 1; local: 0)")
+    c.add_argument("--cpus_per_task", type=int, default=None, help="CPUs per job (Slurm)")
+    c.add_argument("--mem_gb", type=float, default=None, help="memory per job in GB (Slurm)")
+    c.add_argument("--timeout", type=int, default=24 * 60, help="minutes per job before it is requeued (resuming)")
+    c.add_argument("--parallel", type=int, default=1,
+                   help="jobs running at once (Slurm: array parallelism; local: processes)")
+    c.add_argument("--save_steps", type=int, default=None,
+                   help="checkpoint every n updates, for resuming (default: the run's eval_steps; 0: none)")
+    c.add_argument("--jobs_dir", default=os.path.join(ROOT, "result", "grid_jobs"),
+                   help="submitit's folder for job pickles and logs")
+    c.add_argument("--wait", action="store_true", help="Slurm: follow the jobs to the end (local jobs always)")
     return p
 
 
@@ -382,7 +598,7 @@ def _split_list(values):
     return [x for v in values for x in str(v).replace(",", " ").split()]
 
 
-def main(argv=None, runner=subprocess_runner, out=sys.stdout) -> int:
+def main(argv=None, runner=subprocess_runner, out=sys.stdout, on_submit=None) -> int:
     a = parse_cli(argv)
     try:
         for flag in a.extra:
@@ -435,6 +651,12 @@ def main(argv=None, runner=subprocess_runner, out=sys.stdout) -> int:
         n_done = sum(r.done for r in runs)
         print(f"{len(runs)} runs: {n_done} done, {len(runs) - n_done} to run (log {log})", file=out)
         return 0
+    if a.launcher != "serial":
+        if a.timeout < 1 or a.parallel < 1 or (a.save_steps is not None and a.save_steps < 0):
+            print("error: --timeout and --parallel must be >= 1, --save_steps >= 0", file=sys.stderr)
+            return 2
+        failures = launch_submitit(runs, log, a, out, on_submit)
+        return 1 if failures else 0
     failures = run_grid(runs, log, runner, out)
     return 1 if failures else 0
 
