@@ -150,8 +150,29 @@ def build_model(model_args, training_args, task, label_word_ids, prompt: bool):
                           model_args.config_name)
     if training_args.random_model_init:
         mlm.init_weights()
+    if model_args.few_shot_type == "prompt-demo":
+        enlarge_token_types(mlm)
     return PromptMLM(mlm, task.num_labels, label_word_ids, task.output_mode,
                      getattr(task, "regression_bounds", None), model_args.l2_loss, training_args.tie_emb)
+
+
+DEMO_SEGMENTS = 10
+
+
+def enlarge_token_types(mlm, rows: int = DEMO_SEGMENTS) -> None:
+    """Demonstrations put their sentences in segments 2, 3, ... (one per `*sep+*`), past BERT's two
+    token-type rows. As the original did for every BERT model: a table of 10 rows, the pretrained rows
+    copied, the others freshly initialised (N(0, 1), nn.Embedding's default). Models without
+    token types (RoBERTa) are left alone."""
+    table = getattr(getattr(mlm.base_model, "embeddings", None), "token_type_embeddings", None)
+    if table is None or table.num_embeddings >= rows or mlm.config.model_type in ("roberta", "xlm-roberta",
+                                                                                    "camembert"):
+        return
+    new = nn.Embedding(rows, table.embedding_dim).to(table.weight.device, table.weight.dtype)
+    with torch.no_grad():
+        new.weight[:table.num_embeddings] = table.weight
+    mlm.base_model.embeddings.token_type_embeddings = new
+    mlm.config.type_vocab_size = rows
 
 
 def set_trainable(model, model_args, training_args) -> None:

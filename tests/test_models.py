@@ -83,3 +83,22 @@ def test_unreachable_hub_name_fails_with_one_line(monkeypatch):
         load_tokenizer("no-such-org/no-such-model-xyz")
     msg = str(e.value)
     assert "\n" not in msg and "splade-tiny" in msg and "--model_name_or_path no-such-org/no-such-model-xyz" in msg
+
+
+def test_demonstrations_get_enough_token_type_rows(tiny_bert_dir, tiny_roberta_dir):
+    """prompt-demo on BERT: segments 2, 3, ... need rows; pretrained rows 0-1 are kept as they were."""
+    from src.models import DEMO_SEGMENTS, enlarge_token_types
+    mlm = AutoModelForMaskedLM.from_pretrained(tiny_bert_dir).eval()
+    old = mlm.bert.embeddings.token_type_embeddings.weight.detach().clone()
+    enlarge_token_types(mlm)
+    table = mlm.bert.embeddings.token_type_embeddings
+    assert table.num_embeddings == DEMO_SEGMENTS == mlm.config.type_vocab_size
+    assert torch.equal(table.weight[:old.shape[0]], old)
+    ids = torch.randint(5, 300, (1, 8))
+    segments = torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3]])
+    with torch.no_grad():
+        mlm(input_ids=ids, token_type_ids=segments)   # no index error
+    roberta = AutoModelForMaskedLM.from_pretrained(tiny_roberta_dir)
+    n = roberta.roberta.embeddings.token_type_embeddings.num_embeddings
+    enlarge_token_types(roberta)
+    assert roberta.roberta.embeddings.token_type_embeddings.num_embeddings == n
