@@ -82,12 +82,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-SEEDS = (13, 21, 42, 87, 100)
-TASKS = ("SST-2", "sst-5", "SNLI", "MNLI", "RTE", "trec", "uci-sentiment",
-         # also known to run_fewshot.sh (not in the paper's tables):
-         "mr", "cr", "mpqa", "subj", "CoLA", "QNLI", "MRPC", "QQP")
-LORA = ["--apply_lora", "--lora_r", "8", "--lora_alpha", "16"]
-PREFIX = ["--prefix_tuning", "--num_prefix", "5", "--no_reparam", "--prefix_init_by_real_act"]
+from src.catalog import (DEFAULT_STEPS, LORA, METHOD_NAMES, PREFIX, SEEDS, TAG_SUFFIXES,  # noqa: E402,F401
+                         TASKS, Method, methods)
 
 # Grid axes: short name -> (env var, record field).
 AXES = {"bs": ("BS", "per_device_train_batch_size"), "lr": ("LR", "learning_rate"),
@@ -102,54 +98,6 @@ CONTROLLED = ("TASK", "K", "SEED", "BS", "LR", "EPS", "WD", "STEP", "EVAL_STEP",
 OWNED_FLAGS = ("--learning_rate", "--per_device_train_batch_size", "--zero_order_eps", "--weight_decay",
                "--max_steps", "--eval_steps", "--seed", "--tag", "--task_name", "--data_dir", "--num_k",
                "--model_name_or_path", "--log_file", "--trainer")
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    script: str            # finetune.sh or mezo.sh
-    suffix: str            # tag = k<K>-<model>-<suffix>
-    extra_tag: str         # EXTRA_TAG for the script (only used in its default tag)
-    grid: Dict[str, tuple]  # axis -> values (strings, as they go into env vars and GRID_TAG)
-    flags: tuple = ()
-    trainer: str = "standard"
-    trains: bool = True    # False: no steps (zero-shot, linear probe)
-    note: str = ""
-
-
-def _ft_grid(k):
-    return {"bs": ("8", "16", "32") if k >= 512 else ("2", "4", "8"), "lr": ("1e-5", "3e-5", "5e-5")}
-
-
-def methods(k: int) -> Dict[str, Method]:
-    mezo_grid = {"bs": ("64",), "lr": ("1e-7", "1e-6", "1e-5"), "eps": ("1e-3",), "wd": ("0",)}
-    ms = [
-        Method("mezo", "mezo.sh", "mezo-ft", "ft", mezo_grid),
-        Method("mezo-lora", "mezo.sh", "mezo-lora", "lora",
-               {"bs": ("64",), "lr": ("1e-5", "5e-5", "1e-4"), "eps": ("1e-3",), "wd": ("0.1",)}, tuple(LORA)),
-        Method("mezo-prefix", "mezo.sh", "mezo-prefix", "prefix",
-               {"bs": ("64",), "lr": ("1e-2", "5e-3", "1e-3"), "eps": ("1e-1",), "wd": ("0",)}, tuple(PREFIX)),
-        Method("mezo-adam", "mezo.sh", "mezo-adam", "adam",
-               {"bs": ("64",), "lr": ("1e-6", "1e-5", "1e-4"), "eps": ("1e-3",), "wd": ("0",)},
-               ("--zero_order_use_trainer_optim", "--optimizer", "adam"),
-               note="grid not in the paper's table (assumed); override with --grid"),
-        Method("mezo-nondiff", "mezo.sh", "mezo-nondiff", "nondiff", mezo_grid, ("--optimize_acc",),
-               note="Table 3 (accuracy objective); grid assumed = MeZO's"),
-        Method("ft", "finetune.sh", "ft", "ft", _ft_grid(k)),
-        Method("ft-lora", "finetune.sh", "lora", "lora",
-               {"bs": ("4", "8", "16"), "lr": ("1e-4", "3e-4", "5e-4")}, tuple(LORA)),
-        Method("ft-prefix", "finetune.sh", "prefix", "prefix",
-               {"bs": ("8", "16", "32"), "lr": ("1e-2", "3e-2", "5e-2")}, tuple(PREFIX)),
-        Method("zero-shot", "finetune.sh", "zero-shot", "zero-shot", {}, ("--no_train",), trains=False),
-        Method("lp", "finetune.sh", "lp", "lp", {}, (), trainer="linearhead", trains=False),
-    ]
-    return {m.name: m for m in ms}
-
-
-METHOD_NAMES = tuple(methods(16))
-# tag suffix -> method name (used by tools/report.py); the scripts' own default tags agree.
-TAG_SUFFIXES = {m.suffix: m.name for m in methods(16).values()}
-DEFAULT_STEPS = {"mezo.sh": (100000, 10000), "finetune.sh": (1000, 100)}
 
 
 class GridError(ValueError):

@@ -40,6 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from src.catalog import METHOD_NAMES, TAG_SUFFIXES  # noqa: E402
 from src.results import read_records  # noqa: E402
 from tools.gather_result import GatherError, derive_keys, gather  # noqa: E402
 
@@ -74,12 +75,7 @@ PAPER = {
           "ft-prefix": _row("93.7 / 54.6 / 88.3 / 83.3 / 82.5 / 97.4"),
           "mezo-nondiff": {"sst-2": 92.7, "sst-5": 48.9, "snli": 82.7, "trec": 68.6}},
 }
-# Tag suffix -> method; the same table tools/grid.py uses to build the tags.
-SUFFIXES = {"mezo-ft": "mezo", "mezo-lora": "mezo-lora", "mezo-prefix": "mezo-prefix", "mezo-adam": "mezo-adam",
-            "mezo-nondiff": "mezo-nondiff", "ft": "ft", "lora": "ft-lora", "prefix": "ft-prefix",
-            "zero-shot": "zero-shot", "lp": "lp"}
-METHOD_ORDER = ("zero-shot", "lp", "mezo", "mezo-lora", "mezo-prefix", "mezo-adam", "mezo-nondiff",
-                "ft", "ft-lora", "ft-prefix")
+METHOD_ORDER = ("zero-shot", "lp") + tuple(m for m in METHOD_NAMES if m not in ("zero-shot", "lp"))
 TASK_ORDER = PAPER_TASKS + ("uci-sentiment",)
 PROXY = {"uci-sentiment": "sst-2"}  # demo task -> paper task whose number is shown as a reference
 
@@ -90,9 +86,9 @@ def parse_tag(tag):
     if not m:
         return None, "", str(tag)
     k, rest = int(m.group(1)), m.group(2)
-    for suffix in sorted(SUFFIXES, key=len, reverse=True):  # longest first: mezo-lora before lora
+    for suffix in sorted(TAG_SUFFIXES, key=len, reverse=True):  # longest first: mezo-lora before lora
         if rest.endswith("-" + suffix):
-            return k, rest[: -len(suffix) - 1], SUFFIXES[suffix]
+            return k, rest[: -len(suffix) - 1], TAG_SUFFIXES[suffix]
     model, _, suffix = rest.rpartition("-")
     return k, model, suffix or rest
 
