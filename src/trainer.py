@@ -143,6 +143,7 @@ class MezoTrainer(Trainer):
         self.best = BestDevCallback(dev_objective)
         self.add_callback(self.best)
         self.add_callback(checkpoint.ResumeCallback(self))
+        self.add_callback(checkpoint.PreemptCallback(self))  # SIGTERM/SIGINT -> checkpoint, stop (src/preempt.py)
         self.add_callback(SkipLimitCallback(self))
         a = self.args
         self.zo = a.zero_order_optim and not a.zero_order_use_trainer_optim
