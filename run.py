@@ -189,16 +189,17 @@ def _probe_writable(folder):
     return None
 
 
-def check_folder(flag, path):
-    """`path` is a writable folder, or can be created as one."""
+def check_folder(flag, path, shown=None):
+    """`path` is a writable folder, or can be created as one (`shown`: the flag's value, if not `path`)."""
+    shown = shown or path
     if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"{flag} {path}: exists and is not a folder")
+        raise UsageError(f"{flag} {shown}: {'exists and is not a folder' if shown == path else f'{path} is a file'}")
     base = _nearest_existing(path)
     if not os.path.isdir(base):
-        raise UsageError(f"{flag} {path}: cannot be created, {base} is a file")
+        raise UsageError(f"{flag} {shown}: cannot be created, {base} is a file")
     why = _probe_writable(base)
     if why:
-        raise UsageError(f"{flag} {path}: not writable ({base}: {why})")
+        raise UsageError(f"{flag} {shown}: not writable ({base}: {why})")
 
 
 def check_file(flag, path):
@@ -207,7 +208,7 @@ def check_file(flag, path):
         raise UsageError(f"{flag} {path}: is a folder, expected a file")
     if os.path.isdir(path + ".lock"):
         raise UsageError(f"{flag} {path}: its lock file {path}.lock is a folder")
-    check_folder(flag, os.path.dirname(os.path.abspath(path)))
+    check_folder(flag, os.path.dirname(os.path.abspath(path)), shown=path)
     if os.path.exists(path):
         try:
             with open(path, "ab"):  # opened for appending, nothing written: the file is unchanged
