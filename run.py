@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from src.errors import UsageError
+from src.errors import UsageError, one_line
 
 logger = logging.getLogger("run")
 
@@ -317,7 +317,7 @@ def main(argv=None) -> int:
     try:
         return run(argv)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C outside training (or without checkpoints): no record
         print("error: interrupted (SIGINT); no record written", file=sys.stderr)
@@ -325,19 +325,19 @@ def main(argv=None) -> int:
     except Exception as e:
         from src.embedded import ModelSourceError
         if isinstance(e, ModelSourceError):
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             return 2
         from src.trainer import TrainingDiverged
         if isinstance(e, TrainingDiverged):  # a failed run: no record in the log
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             return 3
         from src.preempt import Preempted
         if isinstance(e, Preempted):  # stopped with a checkpoint: no record
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             return e.exit_code
         from src.results import RecordNotAppended
         if isinstance(e, RecordNotAppended):  # finished, record kept elsewhere
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             return 4
         raise
 

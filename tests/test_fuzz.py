@@ -121,6 +121,15 @@ def _damage(folder, how):
         f.write(data)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def hub_offline():
+    """A generated model name such as `0` is a valid hub id: fail at once instead of retrying the network."""
+    import huggingface_hub
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        yield
+
+
 @pytest.fixture(scope="module")
 def clean_split(tmp_path_factory, repo_root):
     return tiny.small_uci_split(tmp_path_factory.mktemp("fuzzdata") / "clean", 24)
