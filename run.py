@@ -185,6 +185,8 @@ def _probe_writable(folder):
 
 def check_folder(flag, path, shown=None):
     """`path` is a writable folder, or can be created as one (`shown`: the flag's value, if not `path`)."""
+    if not path:
+        raise UsageError(f"{flag} '': an empty path")
     shown = shown or path
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"{flag} {shown}: {'exists and is not a folder' if shown == path else f'{path} is a file'}")
@@ -198,6 +200,8 @@ def check_folder(flag, path, shown=None):
 
 def check_file(flag, path):
     """`path` is a file that can be appended to (or created), and its folder takes a lock file."""
+    if not path:
+        raise UsageError(f"{flag} '': an empty path")
     if os.path.isdir(path):
         raise UsageError(f"{flag} {path}: is a folder, expected a file")
     if os.path.isdir(path + ".lock"):

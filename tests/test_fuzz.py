@@ -124,7 +124,7 @@ def _damage(folder, how):
 @pytest.fixture(scope="module", autouse=True)
 def hub_offline():
     """A generated model name such as `0` is a valid hub id: fail at once instead of retrying the network."""
-    import huggingface_hub
+    import huggingface_hub.constants
     with pytest.MonkeyPatch.context() as m:
         m.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
         yield
