@@ -32,8 +32,8 @@ SPLITS = ("train.csv", "dev.csv", "test.csv")
 COMMON = dict(deadline=None, database=None, print_blob=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                      HealthCheck.data_too_large])
-CI = settings(max_examples=30, derandomize=True, **COMMON)
-MANY = settings(max_examples=400, **COMMON)
+CI = settings(max_examples=250, derandomize=True, **COMMON)
+MANY = settings(max_examples=1500, **COMMON)
 
 # Flag -> values, valid and invalid mixed; "{file}" / "{under_file}" / "{folder}" are paths made per example.
 FLAGS = {
@@ -79,10 +79,11 @@ SWITCHES = ["--zero_order_optim", "--efficient_zero_order", "--evaluate_during_t
             "--apply_lora", "--save_logit", "--no_train", "--no_predict", "--double_demo", "--save_at_last",
             "--head_tuning", "--zo_cache_z", "--sfc", "--overwrite_output_dir", "--not_a_flag"]
 
+curated = st.sampled_from(sorted(FLAGS)).flatmap(lambda f: st.tuples(st.just(f), st.sampled_from(FLAGS[f])))
 flag_value = st.one_of(
-    st.sampled_from(sorted(FLAGS)).flatmap(lambda f: st.tuples(st.just(f), st.sampled_from(FLAGS[f]))),
+    curated, curated, curated,  # mostly the boundary values above
     st.tuples(st.sampled_from(sorted(FLAGS)), st.text(max_size=12)),  # any text at all as a value
-    st.tuples(st.sampled_from(SWITCHES), st.sampled_from([None, "true", "false", "maybe"])),
+    st.tuples(st.sampled_from(SWITCHES), st.sampled_from([None, None, "true", "false", "maybe"])),
 )
 damage = st.one_of(
     st.none(),
