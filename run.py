@@ -52,7 +52,6 @@ def validate(model_args, data_args, training_args, task):
         if not data_args.mapping:
             raise UsageError(f"--mapping: required with --few_shot_type {model_args.few_shot_type}")
         templates.parse_mapping(data_args.mapping)
-    check_ranges(model_args, data_args, a)
     if a.do_train and a.evaluate_during_training and not a.eval_steps:
         raise UsageError("--eval_steps: required with --evaluate_during_training")
     validate_run_control(a)
