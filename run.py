@@ -137,7 +137,33 @@ def usable_positions(config):
     return n
 
 
-def check_model(model_args, data_args, training_args):
+def template_segments(template) -> int:
+    """How many token-type ids a prompt template can emit: one, plus one per *sep+* with tokens after it."""
+    from src import templates
+    pieces = templates.validate_template(template, prompt=True)
+    seps = [i for i, p in enumerate(pieces) if p.kind == "special" and p.value == "sep+"]
+    return 1 + sum(any(not (q.kind == "literal" and not q.value) for q in pieces[i + 1:]) for i in seps)
+
+
+def check_segments(model_args, data_args, task, config):
+    """BERT-style models embed the template's segment ids: they must fit the token-type table
+    (demonstration templates have one segment per demonstration; the reference enlarged the table
+    with --random_segment, which is not supported here)."""
+    table = getattr(config, "type_vocab_size", None)
+    if not data_args.prompt or config.model_type in OFFSET_POSITIONS or not isinstance(table, int):
+        return
+    from src import templates
+    template = data_args.template
+    if model_args.few_shot_type == "prompt-demo" and data_args.auto_demo:
+        template = templates.auto_demo_template(template, task.num_labels)
+    n = template_segments(template)
+    if n > table:
+        raise UsageError(f"--template {data_args.template!r}: {n} segments (one per *sep+*"
+                         f"{', with demonstrations' if template != data_args.template else ''}) but "
+                         f"{model_args.model_name_or_path} ({config.model_type}) has {table} token types")
+
+
+def check_model(model_args, data_args, training_args, task=None):
     """Model-dependent checks: read the config (not the weights) and check types and lengths against it."""
     from transformers import AutoConfig
 
@@ -149,19 +175,21 @@ def check_model(model_args, data_args, training_args):
         raise UsageError(f"{flags[0]}: model type {config.model_type!r} is not supported "
                          f"(supported: {', '.join(PEFT_MODEL_TYPES)})")
     limit = usable_positions(config)
-    if limit is None:
-        return
-    demo_double = model_args.few_shot_type == "prompt-demo" and data_args.double_demo
-    length = data_args.max_seq_length * (2 if demo_double else 1)
-    if length > limit:
-        what = f"{length} tokens (doubled by --double_demo)" if demo_double else f"{length} tokens"
-        raise UsageError(f"--max_seq_length {data_args.max_seq_length}: {what} exceed the {limit} positions of "
-                         f"{model_args.model_name_or_path} ({config.model_type})")
-    # Prefixes are extra attention keys, not input tokens: only their initialisation from real
-    # activations runs num_prefix tokens through the model.
-    if training_args.prefix_tuning and training_args.prefix_init_by_real_act and training_args.num_prefix > limit:
-        raise UsageError(f"--num_prefix {training_args.num_prefix}: --prefix_init_by_real_act runs that many tokens "
-                         f"through a model with {limit} positions")
+    if limit is not None:
+        demo_double = model_args.few_shot_type == "prompt-demo" and data_args.double_demo
+        length = data_args.max_seq_length * (2 if demo_double else 1)
+        if length > limit:
+            what = f"{length} tokens (doubled by --double_demo)" if demo_double else f"{length} tokens"
+            raise UsageError(f"--max_seq_length {data_args.max_seq_length}: {what} exceed the {limit} positions of "
+                             f"{model_args.model_name_or_path} ({config.model_type})")
+        # Prefixes are extra attention keys, not input tokens: only their initialisation from real
+        # activations runs num_prefix tokens through the model.
+        a = training_args
+        if a.prefix_tuning and a.prefix_init_by_real_act and a.num_prefix > limit:
+            raise UsageError(f"--num_prefix {a.num_prefix}: --prefix_init_by_real_act runs that many tokens "
+                             f"through a model with {limit} positions")
+    if task is not None:
+        check_segments(model_args, data_args, task, config)
 
 
 def _nearest_existing(path):
@@ -264,7 +292,7 @@ def setup(argv):
         raise UsageError(f"--output_dir {out}: exists and is not empty (pass --overwrite_output_dir)")
     check_paths(model_args, data_args, training_args)
     resolve_resume(model_args, data_args, training_args)
-    check_model(model_args, data_args, training_args)
+    check_model(model_args, data_args, training_args, task)
     set_seed(training_args.seed)
     return model_args, data_args, training_args, task
 

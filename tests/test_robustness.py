@@ -134,6 +134,9 @@ BAD = [
      "--max_seq_length 600: 600 tokens exceed the 512 positions of splade-tiny (bert)"),
     ("seq-doubled-over-positions", ["--few_shot_type", "prompt-demo", "--double_demo", "--max_seq_length", "300"],
      "--max_seq_length 300: 600 tokens (doubled by --double_demo) exceed the 512 positions"),
+    ("demo-segments-over-token-types", ["--few_shot_type", "prompt-demo"],
+     "--template '*cls**sent_0*_It_was*mask*.*sep+*': 3 segments (one per *sep+*, with demonstrations) but "
+     "splade-tiny (bert) has 2 token types"),
     ("prefix-over-positions", ["--prefix_tuning", "--no_reparam", "--prefix_init_by_real_act", "--num_prefix", "513"],
      "--num_prefix 513: --prefix_init_by_real_act runs that many tokens through a model with 512 positions"),
 ]
@@ -316,3 +319,13 @@ def test_record_kept_next_to_outputs_when_the_log_breaks_during_the_run(tmp_path
     assert rec["uci-sentiment_test_eval_acc"] == float(test["eval_acc"])
     assert rec["global_step"] == 2 and rec["task_name"] == "uci-sentiment"
     assert f"test: eval_loss={float(test['eval_loss']):.4f}" in captured.out
+
+
+@pytest.mark.parametrize("template,segments", [
+    ("*cls**sent_0*_It_was*mask*.*sep+*", 1),  # a trailing *sep+* starts no segment
+    ("*cls**sent_0**sep+**sent_1**mask**sep+*", 2),
+    ("*cls**sent_0**sep+*_*sent_1**sep+**mask**sep+*", 3),
+    ("*cls**sent_0*_It_was*mask*.*sep+**sent_1*_It_was*label_0*.*sep+**sent_2*_It_was*label_1*.*sep+*", 3),
+])
+def test_template_segments_counted_by_hand(template, segments):
+    assert run.template_segments(template) == segments
