@@ -156,4 +156,5 @@ def peak_memory_bytes(device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-__all__ = ["make_record", "append_record", "save_record", "RecordNotAppended", "read_records", "parse_line", "json_safe", "peak_memory_bytes"]
+__all__ = ["make_record", "append_record", "save_record", "RecordNotAppended", "read_records", "parse_line",
+           "json_safe", "peak_memory_bytes"]
