@@ -16,9 +16,18 @@ import time
 
 import numpy as np
 
-from src.errors import UsageError
+from src.errors import UsageError, one_line
 
 logger = logging.getLogger("run")
+
+
+def check_ranges(*groups):
+    """Every numeric flag against its range (src/ranges.py, also shown by --help)."""
+    from src.ranges import bad_field
+    bad = bad_field(*groups)
+    if bad:
+        flag, value, wording = bad
+        raise UsageError(f"{flag} {value}: must be {wording}")
 
 
 def validate(model_args, data_args, training_args, task):
@@ -26,6 +35,7 @@ def validate(model_args, data_args, training_args, task):
     from src import templates
 
     a = training_args
+    check_ranges(model_args, data_args, a)
     if model_args.few_shot_type not in ("finetune", "prompt", "prompt-demo"):
         raise UsageError(f"--few_shot_type {model_args.few_shot_type!r}: expected finetune, prompt or prompt-demo")
     if not os.path.isdir(data_args.data_dir):
@@ -42,19 +52,6 @@ def validate(model_args, data_args, training_args, task):
         if not data_args.mapping:
             raise UsageError(f"--mapping: required with --few_shot_type {model_args.few_shot_type}")
         templates.parse_mapping(data_args.mapping)
-    checks = [
-        (a.per_device_train_batch_size >= 1, "--per_device_train_batch_size", a.per_device_train_batch_size, "must be >= 1"),
-        (a.per_device_eval_batch_size >= 1, "--per_device_eval_batch_size", a.per_device_eval_batch_size, "must be >= 1"),
-        (a.learning_rate >= 0 and np.isfinite(a.learning_rate), "--learning_rate", a.learning_rate, "must be a finite number >= 0"),
-        (a.zero_order_eps > 0 and np.isfinite(a.zero_order_eps), "--zero_order_eps", a.zero_order_eps, "must be > 0"),
-        (a.weight_decay >= 0, "--weight_decay", a.weight_decay, "must be >= 0"),
-        (a.max_steps != 0, "--max_steps", a.max_steps, "must be > 0 (or -1 to use --num_train_epochs)"),
-        (data_args.max_seq_length >= 4, "--max_seq_length", data_args.max_seq_length, "must be >= 4"),
-        (data_args.num_sample >= 1, "--num_sample", data_args.num_sample, "must be >= 1"),
-    ]
-    for ok, flag, value, why in checks:
-        if not ok:
-            raise UsageError(f"{flag} {value}: {why}")
     if a.do_train and a.evaluate_during_training and not a.eval_steps:
         raise UsageError("--eval_steps: required with --evaluate_during_training")
     validate_run_control(a)
@@ -74,7 +71,7 @@ def validate(model_args, data_args, training_args, task):
 
 
 def validate_ablations(a, task):
-    """MeZO ablation, momentum and linear-probing flags (src/zo_ablations.py, src/linearhead.py)."""
+    """MeZO ablation, momentum and linear-probing flag combinations (ranges: src/ranges.py)."""
     def is_set(flag):
         return getattr(a, flag) not in (False, None, 0)
     zo_only = ("zero_order_use_trainer_optim", "zo_variant", "zo_by_layer", "optimize_acc", "layer_wise_optim",
@@ -83,8 +80,6 @@ def validate_ablations(a, task):
         for flag in zo_only:
             if is_set(flag):
                 raise UsageError(f"--{flag}: needs --zero_order_optim (it is a MeZO ablation)")
-    if a.zero_order_sample < 1:
-        raise UsageError(f"--zero_order_sample {a.zero_order_sample}: must be >= 1")
     if a.zero_order_sample > 1 and not (a.zero_order_optim and a.zero_order_use_trainer_optim):
         raise UsageError(f"--zero_order_sample {a.zero_order_sample}: n > 1 needs --zero_order_optim "
                          "--zero_order_use_trainer_optim (n-SPSA writes its estimate into .grad)")
@@ -107,12 +102,8 @@ def validate_ablations(a, task):
             raise UsageError(f"--{flag}: needs --zo_variant grad_norm or param_norm")
     if a.norm_running_update and not (a.zo_by_layer and a.zo_variant == "grad_norm"):
         raise UsageError("--norm_running_update: needs --zo_by_layer and --zo_variant grad_norm")
-    if a.max_zo_forward_steps < 0:
-        raise UsageError(f"--max_zo_forward_steps {a.max_zo_forward_steps}: must be >= 0 (0 = off)")
     if a.optimize_acc and task.output_mode == "regression":
         raise UsageError(f"--optimize_acc: task {task.name} is a regression task (no accuracy)")
-    if not 0 <= a.momentum < 1:
-        raise UsageError(f"--momentum {a.momentum}: must be in [0, 1)")
     if a.momentum and a.optimizer != "sgd":
         raise UsageError(f"--momentum {a.momentum}: needs --optimizer sgd (AdamW has its own betas)")
     probing = a.trainer == "linearhead" or a.from_linearhead
@@ -125,43 +116,147 @@ def validate_ablations(a, task):
 
 def validate_run_control(a):
     """Step counts, checkpoints and the MeZO skip limit (src/checkpoint.py, src/trainer.py)."""
-    checks = [
-        (a.max_steps > 0 or a.max_steps == -1, "--max_steps", a.max_steps,
-         "must be > 0 (or -1 to use --num_train_epochs)"),
-        (a.max_steps > 0 or a.num_train_epochs > 0, "--num_train_epochs", a.num_train_epochs, "must be > 0"),
-        (a.eval_steps is None or a.eval_steps > 0, "--eval_steps", a.eval_steps, "must be > 0"),
-        (a.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps", a.gradient_accumulation_steps,
-         "must be >= 1"),
-        (a.save_steps >= 0, "--save_steps", a.save_steps, "must be >= 0 (0 = no checkpoints)"),
-        (a.save_total_limit is None or a.save_total_limit >= 1, "--save_total_limit", a.save_total_limit,
-         "must be >= 1"),
-        (not np.isnan(a.zo_max_skipped_steps), "--zo_max_skipped_steps", a.zo_max_skipped_steps,
-         "must be a number (negative = never stop)"),
-    ]
-    for ok, flag, value, why in checks:
-        if not ok:
-            raise UsageError(f"{flag} {value}: {why}")
+    check_ranges(a)
     if a.resume_from_checkpoint and not a.do_train:
         raise UsageError(f"--resume_from_checkpoint {a.resume_from_checkpoint}: needs --do_train")
 
 
 # Model types whose self-attention LoRA and prefix tuning know (src/lora.py, src/prefix.py).
 PEFT_MODEL_TYPES = ("roberta", "bert", "xlm-roberta", "camembert")
+# Model types whose position ids start after the padding index (usable positions = table - pad - 1).
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")
 
 
-def check_model_type(model_args, training_args):
-    """--apply_lora / --prefix_tuning on a model they cannot handle: read the config, not the weights."""
-    flags = [f for f, on in (("--apply_lora", model_args.apply_lora),
-                             ("--prefix_tuning", training_args.prefix_tuning)) if on]
-    if not flags:
+def usable_positions(config):
+    """How many tokens the model's position table can encode (None if the config does not say)."""
+    n = getattr(config, "max_position_embeddings", None)
+    if not isinstance(n, int) or getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return None
+    if config.model_type in OFFSET_POSITIONS:
+        n -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return n
+
+
+def template_segments(template) -> int:
+    """How many token-type ids a prompt template can emit: one, plus one per *sep+* with tokens after it."""
+    from src import templates
+    pieces = templates.validate_template(template, prompt=True)
+    seps = [i for i, p in enumerate(pieces) if p.kind == "special" and p.value == "sep+"]
+    return 1 + sum(any(not (q.kind == "literal" and not q.value) for q in pieces[i + 1:]) for i in seps)
+
+
+def check_segments(model_args, data_args, task, config):
+    """BERT-style models embed the template's segment ids: they must fit the token-type table
+    (demonstration templates have one segment per demonstration; with prompt-demo the table is
+    enlarged to models.DEMO_SEGMENTS rows, as the original did)."""
+    table = getattr(config, "type_vocab_size", None)
+    if not data_args.prompt or config.model_type in OFFSET_POSITIONS or not isinstance(table, int):
         return
+    from src import templates
+    from src.models import DEMO_SEGMENTS
+    template = data_args.template
+    if model_args.few_shot_type == "prompt-demo":
+        table = max(table, DEMO_SEGMENTS)
+        if data_args.auto_demo:
+            template = templates.auto_demo_template(template, task.num_labels)
+    n = template_segments(template)
+    if n > table:
+        raise UsageError(f"--template {data_args.template!r}: {n} segments (one per *sep+*"
+                         f"{', with demonstrations' if template != data_args.template else ''}) but "
+                         f"{model_args.model_name_or_path} ({config.model_type}) has {table} token types")
+
+
+def check_model(model_args, data_args, training_args, task=None):
+    """Model-dependent checks: read the config (not the weights) and check types and lengths against it."""
     from transformers import AutoConfig
 
     from src.models import load_pretrained
     config = load_pretrained(AutoConfig, model_args.config_name or model_args.model_name_or_path, model_args.cache_dir)
-    if config.model_type not in PEFT_MODEL_TYPES:
+    flags = [f for f, on in (("--apply_lora", model_args.apply_lora),
+                             ("--prefix_tuning", training_args.prefix_tuning)) if on]
+    if flags and config.model_type not in PEFT_MODEL_TYPES:
         raise UsageError(f"{flags[0]}: model type {config.model_type!r} is not supported "
                          f"(supported: {', '.join(PEFT_MODEL_TYPES)})")
+    limit = usable_positions(config)
+    if limit is not None:
+        demo_double = model_args.few_shot_type == "prompt-demo" and data_args.double_demo
+        length = data_args.max_seq_length * (2 if demo_double else 1)
+        if length > limit:
+            what = f"{length} tokens (doubled by --double_demo)" if demo_double else f"{length} tokens"
+            raise UsageError(f"--max_seq_length {data_args.max_seq_length}: {what} exceed the {limit} positions of "
+                             f"{model_args.model_name_or_path} ({config.model_type})")
+        # Prefixes are extra attention keys, not input tokens: only their initialisation from real
+        # activations runs num_prefix tokens through the model.
+        a = training_args
+        if a.prefix_tuning and a.prefix_init_by_real_act and a.num_prefix > limit:
+            raise UsageError(f"--num_prefix {a.num_prefix}: --prefix_init_by_real_act runs that many tokens "
+                             f"through a model with {limit} positions")
+    if task is not None:
+        check_segments(model_args, data_args, task, config)
+
+
+def _nearest_existing(path):
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def _probe_writable(folder):
+    """Create and delete a file in `folder`: the only test that also holds for root and read-only mounts."""
+    import tempfile
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def check_folder(flag, path, shown=None):
+    """`path` is a writable folder, or can be created as one (`shown`: the flag's value, if not `path`)."""
+    if not path:
+        raise UsageError(f"{flag} '': an empty path")
+    shown = shown or path
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {shown}: {'exists and is not a folder' if shown == path else f'{path} is a file'}")
+    base = _nearest_existing(path)
+    if not os.path.isdir(base):
+        raise UsageError(f"{flag} {shown}: cannot be created, {base} is a file")
+    why = _probe_writable(base)
+    if why:
+        raise UsageError(f"{flag} {shown}: not writable ({base}: {why})")
+
+
+def check_file(flag, path):
+    """`path` is a file that can be appended to (or created), and its folder takes a lock file."""
+    if not path:
+        raise UsageError(f"{flag} '': an empty path")
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: is a folder, expected a file")
+    if os.path.isdir(path + ".lock"):
+        raise UsageError(f"{flag} {path}: its lock file {path}.lock is a folder")
+    check_folder(flag, os.path.dirname(os.path.abspath(path)), shown=path)
+    if os.path.exists(path):
+        try:
+            with open(path, "ab"):  # opened for appending, nothing written: the file is unchanged
+                pass
+        except OSError as e:
+            raise UsageError(f"{flag} {path}: cannot be appended to ({e.strerror or e})") from None
+
+
+def check_paths(model_args, data_args, training_args):
+    """Every path the run will write, before anything is loaded: right kind, creatable, writable."""
+    a = training_args
+    check_file("--log_file", a.log_file)
+    check_folder("--output_dir", a.output_dir)  # metrics files, --save_at_last, checkpoints
+    if a.save_logit and a.save_logit_dir:
+        check_folder("--save_logit_dir", a.save_logit_dir)
+    if model_args.cache_dir:
+        check_folder("--cache_dir", model_args.cache_dir)
+    for name in (os.listdir(a.output_dir) if os.path.isdir(a.output_dir) and a.save_steps > 0 else ()):
+        if name.startswith("checkpoint-") and not os.path.isdir(os.path.join(a.output_dir, name)):
+            raise UsageError(f"--output_dir {a.output_dir}: {name} is a file where checkpoints go")
 
 
 def resolve_resume(model_args, data_args, training_args):
@@ -198,14 +293,16 @@ def setup(argv):
     if (os.path.isdir(out) and os.listdir(out) and training_args.do_train
             and not training_args.overwrite_output_dir and not training_args.resume_from_checkpoint):
         raise UsageError(f"--output_dir {out}: exists and is not empty (pass --overwrite_output_dir)")
-    check_model_type(model_args, training_args)
+    check_paths(model_args, data_args, training_args)
     resolve_resume(model_args, data_args, training_args)
+    check_model(model_args, data_args, training_args, task)
     set_seed(training_args.seed)
     return model_args, data_args, training_args, task
 
 
 def build_data(model_args, data_args, training_args, task, tokenizer):
     from src import data, templates
+    from src.tasks import check_k_shot
 
     prompt = data_args.prompt
     demo = model_args.few_shot_type == "prompt-demo"
@@ -222,6 +319,8 @@ def build_data(model_args, data_args, training_args, task, tokenizer):
     wanted = {"train": a.do_train or a.trainer == "linearhead" or a.from_linearhead,
               "dev": a.do_eval or a.evaluate_during_training, "test": a.do_predict}
     train_examples = task.read_examples(data_args.data_dir, "train") if (wanted["train"] or demo) else None
+    if train_examples is not None:
+        check_k_shot(task, train_examples, data_args.num_k, task.split_path(data_args.data_dir, "train"))
     kw = {k: getattr(data_args, k) for k in ("max_seq_length", "first_sent_limit", "other_sent_limit",
                                              "truncate_head", "double_demo", "num_sample", "demo_filter",
                                              "demo_filter_rate", "demo_filter_model", "data_dir")}
@@ -257,17 +356,28 @@ def main(argv=None) -> int:
     try:
         return run(argv)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside training (or without checkpoints): no record
+        print("error: interrupted (SIGINT); no record written", file=sys.stderr)
+        return 128 + 2
     except Exception as e:
         from src.embedded import ModelSourceError
         if isinstance(e, ModelSourceError):
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             return 2
         from src.trainer import TrainingDiverged
         if isinstance(e, TrainingDiverged):  # a failed run: no record in the log
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             return 3
+        from src.preempt import Preempted
+        if isinstance(e, Preempted):  # stopped with a checkpoint: no record
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            return e.exit_code
+        from src.results import RecordNotAppended
+        if isinstance(e, RecordNotAppended):  # finished, record kept elsewhere
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            return 4
         raise
 
 
@@ -330,10 +440,10 @@ def run(argv=None) -> int:
     if trainer.is_world_process_zero():
         record = results.make_record(task.name, training_args.output_dir, dev_metrics, test_metrics,
                                      (model_args, training_args, data_args), summary)
-        results.append_record(training_args.log_file, record)
         for name, m in (("dev", dev_metrics), ("test", test_metrics)):
             if m:
                 print(f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float)))
+        results.save_record(training_args.log_file, record, training_args.output_dir)  # never lost
     return 0
 
 

@@ -277,8 +277,17 @@ def check_unsupported(*arg_groups) -> None:
                 raise UsageError(f"--{name} {getattr(group, name)!r}: not supported ({why})")
 
 
+def _one_line_error(message):
+    """argparse's own errors (bad int, unknown choice, missing flag) as one line, not a usage dump."""
+    raise UsageError(message)
+
+
 def build_parser() -> HfArgumentParser:
-    return HfArgumentParser((ModelArguments, DataArguments, MezoTrainingArguments))
+    from .ranges import annotate
+    parser = HfArgumentParser((ModelArguments, DataArguments, MezoTrainingArguments))
+    annotate(parser)  # --help states every range (src/ranges.py)
+    parser.error = _one_line_error
+    return parser
 
 
 def parse_args(argv=None):

@@ -17,6 +17,12 @@ epoch e by `seed + e`). This module replaces only what the stock code gets wrong
   `--save_total_limit` (default 2) checkpoints are kept; older ones are first renamed away, then
   deleted, so a kill at any moment leaves at least one complete checkpoint.
 * `load` (MezoTrainer._load_from_checkpoint): the trainable parameters and `extra_state.pt`.
+* `damage` (used by `resolve`): a checkpoint is usable only if meta.json parses, names its own step,
+  every file it lists has the recorded size, and every torch file passes its zip CRC check.
+  `auto` skips a damaged newest checkpoint with a warning and takes the one before; an explicit
+  damaged path is a usage error.
+* Preemption (src/preempt.py, re-exported here): SIGTERM/SIGINT writes one more checkpoint at the
+  end of the step in flight and stops the run.
 * No checkpoint is written at the last step: resuming there would need the stock loop to run zero
   steps mid-epoch, which it cannot; a run killed during its final evaluation redoes at most
   `--save_steps` steps.
@@ -29,12 +35,14 @@ import logging
 import os
 import re
 import shutil
+import zipfile
 
 import numpy as np
 import torch
 from transformers import TrainerCallback
 
 from .errors import UsageError
+from .preempt import PreemptCallback, Preempted  # noqa: F401  (registered by MezoTrainer)
 
 logger = logging.getLogger(__name__)
 
@@ -102,22 +110,66 @@ def read_meta(path: str) -> dict:
         return json.load(f)
 
 
+def damage(path: str):
+    """Why the checkpoint folder `path` cannot be resumed from (one phrase), or None if it looks whole."""
+    if not is_complete(path):
+        return f"no {META} or {WEIGHTS}"
+    try:
+        meta = read_meta(path)
+    except (OSError, ValueError) as e:
+        return f"unreadable {META} ({str(e).splitlines()[0]})"
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return f"{META} is not a format-{FORMAT} checkpoint description"
+    step = step_of(path)
+    if step is not None and meta.get("global_step") != step:
+        return f"{META} says step {meta.get('global_step')!r}"
+    for name, size in (meta.get("files") or {}).items():
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            return f"{name} is missing"
+        if os.path.getsize(file) != size:
+            return f"{name} has {os.path.getsize(file)} bytes, {size} were written"
+    for name in sorted(os.listdir(path)):
+        file = os.path.join(path, name)
+        try:
+            if name.endswith((".pt", ".pth", ".bin")):
+                with zipfile.ZipFile(file) as z:
+                    bad = z.testzip()
+                if bad is not None:
+                    return f"{name}: CRC error in {bad}"
+            elif name.endswith(".json"):
+                with open(file) as f:
+                    json.load(f)
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            return f"{name} is damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    return None
+
+
 def resolve(value, output_dir: str):
     """The checkpoint folder that --resume_from_checkpoint names, or None to start fresh."""
     if value in (None, "", "none", "None"):
         return None
     if value == "auto":
-        path = latest(output_dir)
-        if path is None:
-            logger.info("--resume_from_checkpoint auto: no checkpoint in %s, starting from scratch", output_dir)
-        else:
-            logger.info("--resume_from_checkpoint auto: resuming from %s", path)
-        return path
+        named = []
+        if os.path.isdir(output_dir):
+            named = sorted((int(m.group(1)), os.path.join(output_dir, n)) for n in os.listdir(output_dir)
+                           if (m := _NAME.match(n)) and os.path.isdir(os.path.join(output_dir, n)))
+        for _, path in reversed(named):
+            why = damage(path)
+            if why is None:
+                logger.info("--resume_from_checkpoint auto: resuming from %s", path)
+                return path
+            logger.warning("--resume_from_checkpoint auto: skipping damaged checkpoint %s (%s)", path, why)
+        logger.info("--resume_from_checkpoint auto: no usable checkpoint in %s, starting from scratch", output_dir)
+        return None
     if not os.path.isdir(value):
         raise UsageError(f"--resume_from_checkpoint {value}: no such folder")
     if not is_complete(value):
         raise UsageError(f"--resume_from_checkpoint {value}: not a complete checkpoint (no {META} or {WEIGHTS}; "
                          "pass a checkpoint-<step> folder, or auto)")
+    why = damage(value)
+    if why is not None:
+        raise UsageError(f"--resume_from_checkpoint {value}: damaged checkpoint ({why})")
     logger.info("resuming from %s", value)
     return value
 
@@ -225,7 +277,8 @@ def save(trainer, trial=None) -> str:
     meta = {"format": FORMAT, "global_step": state.global_step, "epoch": state.epoch,
             "max_steps": state.max_steps, "train_examples": len(trainer.train_dataset),
             "trainable": {n: list(t.shape) for n, t in weights.items()},
-            "args": args_fingerprint(*groups)}
+            "args": args_fingerprint(*groups),
+            "files": {n: os.path.getsize(os.path.join(tmp, n)) for n in sorted(os.listdir(tmp))}}
     with open(os.path.join(tmp, META), "w") as f:
         json.dump(meta, f, indent=1)
     for name in os.listdir(tmp):

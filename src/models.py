@@ -124,7 +124,7 @@ def load_pretrained(kind, name_or_path, cache_dir=None, config_name=None, **kw):
             from transformers import AutoConfig
             kw["config"] = AutoConfig.from_pretrained(resolve_model_path(config_name), cache_dir=cache_dir)
         return kind.from_pretrained(path, cache_dir=cache_dir, **kw)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a folder that is not a model (no model_type)
         where = "local folder" if os.path.isdir(path) else "hub id"
         hint = "" if os.path.isdir(path) else (
             "; the Hugging Face hub may be unreachable from here — offline, use "

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 
 from filelock import FileLock
 
@@ -70,6 +71,46 @@ def append_record(path: str, record: dict) -> None:
             os.close(fd)
 
 
+class RecordNotAppended(OSError):
+    """The log could not take a finished run's record; it was saved elsewhere (run.py exits 4)."""
+
+
+RECORD_FILE = "record.json"
+
+
+def save_record(log_file: str, record: dict, output_dir: str) -> str:
+    """Append `record` to the log; if that fails, keep it next to the run's outputs and raise with its path.
+
+    run.py checks the log before training (run.check_paths), but disks fill up and permissions
+    change during a long run: the record of a finished run must not be lost with them."""
+    try:
+        append_record(log_file, record)
+        return log_file
+    except OSError as e:
+        why = f"{type(e).__name__}: {e.strerror or e}"
+    line = json.dumps(record, allow_nan=False) + "\n"
+    for folder in (output_dir, tempfile.gettempdir()):
+        path = os.path.join(folder, RECORD_FILE)
+        if folder != output_dir:
+            path = os.path.join(folder, f"record-{os.getpid()}-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            continue
+        raise RecordNotAppended(f"--log_file {log_file}: the record could not be appended ({why}); it is saved "
+                                f"in {path} (add it with: cat {path} >> {log_file})")
+    sys.stdout.write(line)
+    sys.stdout.flush()
+    raise RecordNotAppended(f"--log_file {log_file}: the record could not be appended ({why}) nor saved in "
+                            f"{output_dir} or {tempfile.gettempdir()}; it is printed on stdout above")
+
+
 _ENUM = re.compile(r"<([^<>]*)>")
 _DEVICE = re.compile(r"device\(type='([^']*)'(?:, index=(\d+))?\)")
 
@@ -115,4 +156,5 @@ def peak_memory_bytes(device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-__all__ = ["make_record", "append_record", "read_records", "parse_line", "json_safe", "peak_memory_bytes"]
+__all__ = ["make_record", "append_record", "save_record", "RecordNotAppended", "read_records", "parse_line",
+           "json_safe", "peak_memory_bytes"]

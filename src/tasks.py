@@ -10,17 +10,22 @@ Reading rules (spec §2.2), kept from the reference:
 - TSV: each line split on tabs, no quote handling; the first line is a header and is skipped,
   except for CoLA, which has none. Guids are `<split>-<i>`, i = 0-based line index (so the
   first example after a header is `train-1`).
-- CSV: read with the `csv` module (standard quoting), no header, column 0 = integer label,
-  column 1 = text. Guids are `<split>-<i>`, i = 0-based record index.
-- An empty text is kept as "" (the reference does the same), but counted: one warning per
-  file says how many there were.
+- CSV: read with the `csv` module (standard quoting, strict: a stray quote or an unterminated
+  quoted field is an error rather than silently merged text), no header, column 0 = integer
+  label, column 1 = text. Guids are `<split>-<i>`, i = 0-based record index.
+- CSV texts that pandas reads as missing (the reference uses `pd.read_csv(path, header=None)`)
+  become "", as in the reference: an empty field or one equal to a string of pandas' default
+  NA set (`NA`, `N/A`, `null`, `nan`, `None`, ...; `PANDAS_NA`, imported from pandas), quoted
+  or not. One warning per file counts empty texts, whichever way they arose.
 - QQP rows with too few columns are skipped, like the reference does; one warning per file
   gives the count.
 
 Bad input is reported instead of crashing later: a row with too few columns, a label outside
-the task's label list, a CSV label that is not an integer, an STS-B score that is not a number
-in [0, 5], a file that is not UTF-8, and a missing split file each raise `UsageError` with a
-one-line message naming `file:line` (or the path). Blank lines are skipped (one warning).
+the task's label list, a CSV label that is not an integer, malformed CSV quoting, an STS-B score
+that is not a number in [0, 5], a file that is not UTF-8 or contains a NUL byte, a split without
+a single example, and a missing split file each raise `UsageError` with a one-line message
+naming `file:line` (or the path). Blank lines are skipped (one warning). Every split read logs
+its example count; `check_k_shot` warns when a k-shot train split lacks K examples per label.
 
 Label types follow the reference: str for the GLUE-style tasks ("0"/"1", "entailment", ...),
 int for the CSV tasks, float for STS-B (regression). The order of `label_list` defines the
@@ -43,12 +48,16 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
+from pandas._libs.parsers import STR_NA_VALUES
 
 from .errors import UsageError
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
+
+# Texts that `pd.read_csv` (default na_values, as the reference calls it) reads as missing.
+PANDAS_NA = frozenset(STR_NA_VALUES)
 
 
 @dataclass
@@ -130,10 +139,15 @@ def _read_text(path: str) -> str:
     with open(path, "rb") as f:
         data = f.read()
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise UsageError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    nul = data.find(b"\0")
+    if nul >= 0:  # a binary file, or one zero-filled by a crash
+        line = data[:nul].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: NUL byte (a damaged or binary file)")
+    return text
 
 
 _NEWLINE = re.compile(r"\r\n|\r|\n")  # what Python's universal-newline mode splits on
@@ -152,7 +166,30 @@ def _warn_counts(path: str, empty: int, blank: int, skipped: int = 0, skip_why: 
     if blank:
         logger.warning("%s: skipped %d blank lines", path, blank)
     if empty:
-        logger.warning("%s: %d empty texts (kept as \"\")", path, empty)
+        logger.warning("%s: %d empty texts (kept as \"\"; in CSV files also pandas' NA strings such as NA, "
+                       "null, nan)", path, empty)
+
+
+def _finish(path: str, examples: list) -> list:
+    """Refuse a split without examples; log how many there are."""
+    if not examples:
+        raise UsageError(f"{path}: no examples (an empty split)")
+    logger.info("%s: %d examples", path, len(examples))
+    return examples
+
+
+def check_k_shot(task, examples, num_k: int, path: str = "train") -> bool:
+    """Warn when a classification train split does not have --num_k examples of every label."""
+    if task.output_mode != "classification":
+        return True
+    counts = {lab: 0 for lab in task.label_list}
+    for e in examples:
+        counts[e.label] = counts.get(e.label, 0) + 1
+    if all(n == num_k for n in counts.values()):
+        return True
+    logger.warning("%s: not %d examples per label (--num_k %d): %s", path, num_k, num_k,
+                   ", ".join(f"{lab!r}: {n}" for lab, n in counts.items()))
+    return False
 
 
 def _fmt_labels(labels: Sequence) -> str:
@@ -303,7 +340,7 @@ class TsvTask(Task):
             empty += (text_a == "") + (text_b == "")
             examples.append(InputExample(guid=f"{split}-{i}", text_a=text_a, text_b=text_b, label=label))
         _warn_counts(path, empty, blank, skipped, f"with fewer than {self.min_columns} columns")
-        return examples
+        return _finish(path, examples)
 
 
 class RegressionTsvTask(TsvTask):
@@ -369,7 +406,7 @@ class CsvTask(Task):
     def read_examples(self, data_dir: str, split: str) -> List[InputExample]:
         path = self.split_path(data_dir, split)
         text = _read_text(path)
-        reader = csv.reader(io.StringIO(text, newline=""))
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
         examples = []
         empty = blank = 0
         prev_end = 0
@@ -380,7 +417,7 @@ class CsvTask(Task):
             except StopIteration:
                 break
             except csv.Error as e:
-                raise UsageError(f"{path}:{reader.line_num}: bad CSV ({e})") from None
+                raise UsageError(f"{path}:{start}: bad CSV quoting in the record starting here ({e})") from None
             prev_end = reader.line_num
             where = f"{path}:{start}"
             if not row:
@@ -395,12 +432,12 @@ class CsvTask(Task):
             label = int(raw)
             if label not in self._label_index:
                 raise UsageError(f"{where}: {self._label_error(label)}")
-            if row[1] == "":
-                empty += 1
-            examples.append(InputExample(guid=f"{split}-{len(examples) + blank}", text_a=row[1],
+            text_a = "" if row[1] in PANDAS_NA else row[1]
+            empty += text_a == ""
+            examples.append(InputExample(guid=f"{split}-{len(examples) + blank}", text_a=text_a,
                                          label=label))
         _warn_counts(path, empty, blank)
-        return examples
+        return _finish(path, examples)
 
 
 # --------------------------------------------------------------------------------------------

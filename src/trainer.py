@@ -180,6 +180,7 @@ class MezoTrainer(Trainer):
         self.epoch_sampler_state = None     # (epoch, generator state) as the current epoch began
         self.resume_sampler_state = None    # the same, read from a checkpoint being resumed
         self.add_callback(EpochSamplerState(self))
+        self.add_callback(checkpoint.PreemptCallback(self))  # SIGTERM/SIGINT -> checkpoint, stop (src/preempt.py)
         self.add_callback(SkipLimitCallback(self))
         self.monitor = monitor.install(self)  # MeZO scalars in the logs, dev score on the progress bar
         a = self.args

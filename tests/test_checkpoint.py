@@ -231,7 +231,7 @@ def test_auto_without_checkpoint_starts_fresh_with_a_log_line(tmp_path, caplog):
     import logging
     with caplog.at_level(logging.INFO):
         assert checkpoint.resolve("auto", str(tmp_path)) is None
-    assert "no checkpoint in" in caplog.text and "starting from scratch" in caplog.text
+    assert "no usable checkpoint in" in caplog.text and "starting from scratch" in caplog.text
 
 
 def test_zo_seed_generator_state_roundtrip():

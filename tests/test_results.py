@@ -108,3 +108,35 @@ def test_gather_cli_on_log(tmp_path, repo_root):
     bad = subprocess.run(cmd[:-1] + ["{'task_name': __import__('os')}"], cwd=repo_root,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --condition")
+
+
+def test_save_record_appends_when_it_can(tmp_path):
+    log = tmp_path / "log"
+    assert results.save_record(str(log), {"a": 1}, str(tmp_path / "out")) == str(log)
+    assert log.read_text() == '{"a": 1}\n' and not (tmp_path / "out").exists()
+
+
+def test_save_record_falls_back_to_output_dir_then_tmp_then_stdout(tmp_path, monkeypatch, capsys):
+    log = tmp_path / "logdir"
+    log.mkdir()  # appending to a folder fails
+    out = tmp_path / "out"
+    with pytest.raises(results.RecordNotAppended, match=f"it is saved in {out}/record.json"):
+        results.save_record(str(log), {"a": 1}, str(out))
+    assert json.loads((out / "record.json").read_text()) == {"a": 1}
+
+    blocked = tmp_path / "blocked"
+    (blocked / "record.json.tmp").mkdir(parents=True)  # the output folder cannot take it either
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(results.tempfile, "gettempdir", lambda: str(tmp))
+    with pytest.raises(results.RecordNotAppended) as e:
+        results.save_record(str(log), {"b": 2}, str(blocked))
+    saved, = tmp.iterdir()
+    assert f"it is saved in {saved}" in str(e.value) and json.loads(saved.read_text()) == {"b": 2}
+
+    file_not_dir = tmp_path / "file"
+    file_not_dir.write_text("")
+    monkeypatch.setattr(results.tempfile, "gettempdir", lambda: str(file_not_dir))
+    with pytest.raises(results.RecordNotAppended, match="printed on stdout above"):
+        results.save_record(str(log), {"c": 3}, str(blocked))
+    assert capsys.readouterr().out == '{"c": 3}\n'

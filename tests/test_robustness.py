@@ -92,6 +92,53 @@ BAD = [
      "written with --learning_rate 0.001, this run has --learning_rate 0.0001"),
     ("resume-no-train", ["--resume_from_checkpoint", "auto", "--no_train"], "needs --do_train"),
     ("output_dir-not-empty", ["--output_dir", "{tmp}/only_train"], "--output_dir"),
+    # every path the run writes, checked before anything loads
+    ("log-is-folder", ["--log_file", "{tmp}/only_train"], "--log_file {tmp}/only_train: is a folder, expected a file"),
+    ("log-under-a-file", ["--log_file", "{tmp}/only_train/train.csv/log"],
+     "--log_file {tmp}/only_train/train.csv/log: {tmp}/only_train/train.csv is a file"),
+    ("log-under-a-file-deeper", ["--log_file", "{tmp}/only_train/train.csv/a/log"],
+     "--log_file {tmp}/only_train/train.csv/a/log: cannot be created, {tmp}/only_train/train.csv is a file"),
+    ("log-lock-is-folder", ["--log_file", "{tmp}/locked/log"], "its lock file {tmp}/locked/log.lock is a folder"),
+    ("log-not-writable", ["--log_file", "/sys/mezo-log"], "--log_file /sys/mezo-log: not writable (/sys: "),
+    ("model-folder-not-a-model", ["--model_name_or_path", "{tmp}/only_train"],
+     "--model_name_or_path {tmp}/only_train: cannot load this local folder"),
+    ("output_dir-empty", ["--output_dir", ""], "--output_dir '': an empty path"),
+    ("log-empty", ["--log_file", ""], "--log_file '': an empty path"),
+    ("output_dir-is-file", ["--output_dir", "{tmp}/only_train/train.csv"], "exists and is not a folder"),
+    ("output_dir-under-a-file", ["--output_dir", "{tmp}/only_train/train.csv/out"],
+     "--output_dir {tmp}/only_train/train.csv/out: cannot be created, {tmp}/only_train/train.csv is a file"),
+    ("output_dir-not-writable", ["--output_dir", "/sys/mezo-out/x"], "--output_dir /sys/mezo-out/x: not writable"),
+    ("save_logit_dir-is-file", ["--save_logit", "--save_logit_dir", "{tmp}/only_train/train.csv"],
+     "--save_logit_dir {tmp}/only_train/train.csv: exists and is not a folder"),
+    ("cache_dir-under-a-file", ["--cache_dir", "{tmp}/only_train/train.csv/c"], "--cache_dir"),
+    ("checkpoint-name-taken", ["--output_dir", "{tmp}/ckfile", "--overwrite_output_dir", "--save_steps", "1"],
+     "--output_dir {tmp}/ckfile: checkpoint-2 is a file where checkpoints go"),
+    ("resume-damaged", ["--resume_from_checkpoint", "{tmp}/ckbad/checkpoint-3", "--output_dir", "{tmp}/ckbad"],
+     "--resume_from_checkpoint {tmp}/ckbad/checkpoint-3: damaged checkpoint (trainable_params.pt is damaged"),
+    # ranges (src/ranges.py) and argparse's own errors, one line each
+    ("seed-negative", ["--seed", "-1"], "--seed -1: must be an integer in [0, 4294967295]"),
+    ("seed-too-big", ["--seed", "4294967296"], "--seed 4294967296: must be an integer in [0, 4294967295]"),
+    ("seed-not-int", ["--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
+    ("steps-float", ["--max_steps", "1.5"], "argument --max_steps/--max-steps: invalid int value: '1.5'"),
+    ("optimizer-choice", ["--optimizer", "lion"], "argument --optimizer: invalid choice: 'lion'"),
+    ("demo_filter_rate", ["--demo_filter_rate", "1.5"], "--demo_filter_rate 1.5: must be a number in (0, 1]"),
+    ("adam_beta2", ["--adam_beta2", "1"], "--adam_beta2 1.0: must be a number in [0, 1)"),
+    ("max_grad_norm-nan", ["--max_grad_norm", "nan"], "--max_grad_norm nan"),
+    ("num_k", ["--num_k", "0"], "--num_k 0: must be an integer >= 1"),
+    ("first_sent_limit", ["--first_sent_limit", "0"], "--first_sent_limit 0: must be an integer >= 1"),
+    ("warmup-negative", ["--warmup_steps", "-2"], "warmup_steps = -2.0"),  # TrainingArguments' own check
+    ("label_smoothing", ["--label_smoothing_factor", "1"], "--label_smoothing_factor 1.0"),
+    ("workers", ["--dataloader_num_workers", "-1"], "--dataloader_num_workers -1"),
+    # against the model's config, before its weights
+    ("seq-over-positions", ["--max_seq_length", "600"],
+     "--max_seq_length 600: 600 tokens exceed the 512 positions of splade-tiny (bert)"),
+    ("seq-doubled-over-positions", ["--few_shot_type", "prompt-demo", "--double_demo", "--max_seq_length", "300"],
+     "--max_seq_length 300: 600 tokens (doubled by --double_demo) exceed the 512 positions"),
+    ("segments-over-token-types", ["--template", "*cls**sent_0**sep+*_*sent_0**sep+**mask**sep+*"],
+     "--template '*cls**sent_0**sep+*_*sent_0**sep+**mask**sep+*': 3 segments (one per *sep+*) but "
+     "splade-tiny (bert) has 2 token types"),
+    ("prefix-over-positions", ["--prefix_tuning", "--no_reparam", "--prefix_init_by_real_act", "--num_prefix", "513"],
+     "--num_prefix 513: --prefix_init_by_real_act runs that many tokens through a model with 512 positions"),
 ]
 
 
@@ -101,6 +148,12 @@ def test_bad_input_exit_2_one_line_log_byte_identical(tmp_path, data_dir, model_
     only.mkdir()
     shutil.copy(os.path.join(data_dir, "train.csv"), only / "train.csv")
     _fake_checkpoint(str(tmp_path / "ck" / "checkpoint-3"), learning_rate=1e-3)
+    _fake_checkpoint(str(tmp_path / "ckbad" / "checkpoint-3"), learning_rate=1e-3)
+    with open(tmp_path / "ckbad" / "checkpoint-3" / "trainable_params.pt", "r+b") as f:
+        f.truncate(20)  # a torch zip cut short
+    (tmp_path / "locked" / "log.lock").mkdir(parents=True)
+    (tmp_path / "ckfile").mkdir()
+    (tmp_path / "ckfile" / "checkpoint-2").write_text("not a checkpoint")
     fill = {"tmp": str(tmp_path), "nw": model_dirs["no_weights"], "distil": model_dirs["distil"]}
     for key, value in fill.items():
         extra = [x.replace("{%s}" % key, value) for x in extra]
@@ -108,6 +161,7 @@ def test_bad_input_exit_2_one_line_log_byte_identical(tmp_path, data_dir, model_
     log.write_bytes(LOG_BEFORE)
     assert run.main(_argv(data_dir, tmp_path / "out", log, *extra)) == 2
     err = capsys.readouterr().err.strip().splitlines()
+    needle = needle.replace("{tmp}", str(tmp_path))
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
     assert "Traceback" not in err[0]
     assert log.read_bytes() == LOG_BEFORE
@@ -238,3 +292,40 @@ def test_skip_threshold_run_exits_3_log_untouched(tmp_path, data_dir, capsys, mo
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("Loading weights")]
     assert len(err) == 1 and err[0].startswith("error: --zo_max_skipped_steps 0.25: 3 of the first 3"), err
     assert log.read_bytes() == LOG_BEFORE
+
+
+# ----- a finished run's record is never lost --------------------------------------------------------
+def test_record_kept_next_to_outputs_when_the_log_breaks_during_the_run(tmp_path, data_dir, capsys, monkeypatch):
+    """The log passes the checks before training, then turns into a folder: exit 4, record in output_dir."""
+    from src import checkpoint
+    log, out = tmp_path / "log", tmp_path / "out"
+    log.write_bytes(LOG_BEFORE)
+
+    def break_log(self, args, state, control, **kw):
+        log.unlink()
+        log.mkdir()
+    monkeypatch.setattr(checkpoint.ResumeCallback, "on_train_end", break_log, raising=False)
+    assert run.main(_argv(data_dir, out, log)) == 4
+    captured = capsys.readouterr()
+    err = [line for line in captured.err.strip().splitlines() if not line.startswith("Loading weights")]
+    saved = out / results.RECORD_FILE
+    assert err == [f"error: --log_file {log}: the record could not be appended (IsADirectoryError: Is a directory); "
+                   f"it is saved in {saved} (add it with: cat {saved} >> {log})"]
+    rec = json.loads(saved.read_text())
+    # the same numbers as the metrics files the run wrote before
+    dev = dict(line.split(" = ") for line in (out / "eval_results_uci-sentiment.txt").read_text().splitlines())
+    test = dict(line.split(" = ") for line in (out / "test_results_uci-sentiment.txt").read_text().splitlines())
+    assert rec["uci-sentiment_dev_eval_acc"] == float(dev["eval_acc"])
+    assert rec["uci-sentiment_test_eval_acc"] == float(test["eval_acc"])
+    assert rec["global_step"] == 2 and rec["task_name"] == "uci-sentiment"
+    assert f"test: eval_loss={float(test['eval_loss']):.4f}" in captured.out
+
+
+@pytest.mark.parametrize("template,segments", [
+    ("*cls**sent_0*_It_was*mask*.*sep+*", 1),  # a trailing *sep+* starts no segment
+    ("*cls**sent_0**sep+**sent_1**mask**sep+*", 2),
+    ("*cls**sent_0**sep+*_*sent_1**sep+**mask**sep+*", 3),
+    ("*cls**sent_0*_It_was*mask*.*sep+**sent_1*_It_was*label_0*.*sep+**sent_2*_It_was*label_1*.*sep+*", 3),
+])
+def test_template_segments_counted_by_hand(template, segments):
+    assert run.template_segments(template) == segments

@@ -325,6 +325,81 @@ def test_not_utf8(tmp_path):
     assert "not valid UTF-8" in raises_at(e, path, 3)
 
 
+@pytest.mark.parametrize("name,content,line,needle", [
+    ("mr", '1,good\n0,"stray" quote\n', 2, "bad CSV quoting"),
+    ("mr", '1,good\n0,"never closed\nmore\n', 2, "bad CSV quoting"),
+    ("mr", "1,good\n0,bad\x00text\n", 2, "NUL byte"),
+    ("sst-2", "sentence\tlabel\n\x00\t1\n", 2, "NUL byte"),
+])
+def test_malformed_quoting_and_nul_name_file_and_line(tmp_path, name, content, line, needle):
+    t = get_task(name)
+    path = write(tmp_path / ("train" + t.extension), content)
+    with pytest.raises(UsageError) as e:
+        t.read_examples(str(tmp_path), "train")
+    assert needle in raises_at(e, path, line)
+
+
+@pytest.mark.parametrize("name,content", [("mr", ""), ("mr", "\n\n"), ("sst-2", "sentence\tlabel\n"),
+                                          ("cola", "")])
+def test_empty_split_is_an_error(tmp_path, name, content):
+    t = get_task(name)
+    path = write(tmp_path / ("dev" + t.extension), content)
+    with pytest.raises(UsageError) as e:
+        t.read_examples(str(tmp_path), "dev")
+    assert str(e.value) == f"{path}: no examples (an empty split)"
+
+
+def test_split_count_logged(tmp_path, caplog):
+    path = write(tmp_path / "train.csv", "1,a\n0,b\n1,c\n")
+    with caplog.at_level(logging.INFO, logger="src.tasks"):
+        get_task("mr").read_examples(str(tmp_path), "train")
+    assert f"{path}: 3 examples" in caplog.text
+
+
+def test_k_shot_warning_names_the_counts(caplog):
+    from src.tasks import check_k_shot
+    t = get_task("mr")
+    two_each = [InputExample(f"train-{i}", "x", None, i % 2) for i in range(4)]
+    with caplog.at_level(logging.WARNING):
+        assert check_k_shot(t, two_each, 2, "tr.csv")
+        assert caplog.text == ""
+        assert not check_k_shot(t, two_each[:3], 2, "tr.csv")
+    assert "tr.csv: not 2 examples per label (--num_k 2): 0: 2, 1: 1" in caplog.text
+    assert check_k_shot(get_task("sts-b"), [], 16)  # regression: no label classes to count
+
+
+# The rule, restated from pandas' documentation of `na_values` ("By default the following values are
+# interpreted as NaN"): the reference's pd.read_csv(path, header=None) turns these texts into NaN, which
+# the reference then uses as "". Anything else - other spellings, surrounding spaces - stays text.
+PANDAS_DEFAULT_NA = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                     "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+NOT_NA = [" NA", "NA ", "na", "Nan", "NONE", "none", "N/a", "-NA", "#n/a", "NaN!", "null.", "0", "N A"]
+
+
+def test_csv_pandas_missing_values_become_empty_text(tmp_path):
+    from src.tasks import PANDAS_NA
+    assert PANDAS_NA == set(PANDAS_DEFAULT_NA)  # the pinned pandas still has the documented set
+    texts = PANDAS_DEFAULT_NA + ['"NA"', '"null"'] + NOT_NA
+    write(tmp_path / "train.csv", "".join(f"{i % 2},{t}\n" for i, t in enumerate(texts)))
+    got = [e.text_a for e in get_task("mr").read_examples(str(tmp_path), "train")]
+    expected = [""] * (len(PANDAS_DEFAULT_NA) + 2) + NOT_NA
+    assert got == expected
+
+
+@pytest.mark.parametrize("name", ["sst-5", "mr", "cr", "mpqa", "subj", "trec"])
+def test_csv_texts_agree_with_pandas_read_csv(tmp_path, name):
+    """Independent check: pandas itself, as the reference calls it, with NaN -> ""."""
+    import pandas as pd
+    rows = ["0,NA", '1,"a, b"', "0,None", '1,"x ""q"" y"', "0, nan", "1,", "0,null", "1,text NA", '0,"multi\nline"',
+            "1,#N/A", "0,<NA>", "1,n/a", "0,-1.#IND"]
+    path = write(tmp_path / "test.csv", "\n".join(rows) + "\n")
+    frame = pd.read_csv(path, header=None)
+    expected = ["" if isinstance(v, float) and math.isnan(v) else v for v in frame[1]]
+    got = get_task(name).read_examples(str(tmp_path), "test")
+    assert [e.text_a for e in got] == expected
+    assert [e.label for e in got] == frame[0].tolist()
+
+
 # --------------------------------------------------------------------------------------------
 # metrics
 
