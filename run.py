@@ -16,7 +16,8 @@ import time
 
 import numpy as np
 
-from src.errors import UsageError, one_line
+from src.errors import RunError, UsageError, one_line
+from src.model_types import PEFT_MODEL_TYPES, ROBERTA_TYPES
 
 logger = logging.getLogger("run")
 
@@ -45,7 +46,7 @@ def validate(model_args, data_args, training_args, task):
         path = task.split_path(data_args.data_dir, split)
         if not os.path.isfile(path):
             raise UsageError(f"--data_dir {data_args.data_dir}: missing split file {path}")
-    if data_args.prompt:
+    if model_args.prompt:
         if not data_args.template:
             raise UsageError(f"--template: required with --few_shot_type {model_args.few_shot_type}")
         templates.validate_template(data_args.template, prompt=True)
@@ -121,18 +122,12 @@ def validate_run_control(a):
         raise UsageError(f"--resume_from_checkpoint {a.resume_from_checkpoint}: needs --do_train")
 
 
-# Model types whose self-attention LoRA and prefix tuning know (src/lora.py, src/prefix.py).
-PEFT_MODEL_TYPES = ("roberta", "bert", "xlm-roberta", "camembert")
-# Model types whose position ids start after the padding index (usable positions = table - pad - 1).
-OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")
-
-
 def usable_positions(config):
     """How many tokens the model's position table can encode (None if the config does not say)."""
     n = getattr(config, "max_position_embeddings", None)
     if not isinstance(n, int) or getattr(config, "position_embedding_type", "absolute") != "absolute":
         return None
-    if config.model_type in OFFSET_POSITIONS:
+    if config.model_type in ROBERTA_TYPES:   # position ids start after the padding index
         n -= (getattr(config, "pad_token_id", None) or 0) + 1
     return n
 
@@ -150,7 +145,7 @@ def check_segments(model_args, data_args, task, config):
     (demonstration templates have one segment per demonstration; with prompt-demo the table is
     enlarged to models.DEMO_SEGMENTS rows, as the original did)."""
     table = getattr(config, "type_vocab_size", None)
-    if not data_args.prompt or config.model_type in OFFSET_POSITIONS or not isinstance(table, int):
+    if not model_args.prompt or config.model_type in ROBERTA_TYPES or not isinstance(table, int):
         return
     from src import templates
     from src.models import DEMO_SEGMENTS
@@ -265,7 +260,7 @@ def resolve_resume(model_args, data_args, training_args):
     path = checkpoint.resolve(training_args.resume_from_checkpoint, training_args.output_dir)
     if path is not None:
         checkpoint.check_compatible(path, model_args, data_args, training_args)
-    training_args.resume_from_checkpoint = path
+    return path
 
 
 # Ablation flags of the reference that this version parses but does not implement yet.
@@ -279,32 +274,24 @@ def setup(argv):
     from src.tasks import get_task
 
     model_args, data_args, training_args = parse_args(argv)
-    data_args.task_name = data_args.task_name.lower()
-    data_args._prompt = "prompt" in model_args.few_shot_type
-    if training_args.no_train:
-        training_args.do_train = False
-    if training_args.no_predict:
-        training_args.do_predict = False
     task = get_task(data_args.task_name)
     validate(model_args, data_args, training_args, task)
-    if training_args.sweep:
-        training_args.output_dir = os.path.join(training_args.output_dir, time.strftime("%Y%m%d-%H%M%S"))
     out = training_args.output_dir
     if (os.path.isdir(out) and os.listdir(out) and training_args.do_train
             and not training_args.overwrite_output_dir and not training_args.resume_from_checkpoint):
         raise UsageError(f"--output_dir {out}: exists and is not empty (pass --overwrite_output_dir)")
     check_paths(model_args, data_args, training_args)
-    resolve_resume(model_args, data_args, training_args)
+    resume = resolve_resume(model_args, data_args, training_args)
     check_model(model_args, data_args, training_args, task)
     set_seed(training_args.seed)
-    return model_args, data_args, training_args, task
+    return model_args, data_args, training_args, task, resume
 
 
 def build_data(model_args, data_args, training_args, task, tokenizer):
     from src import data, templates
     from src.tasks import check_k_shot
 
-    prompt = data_args.prompt
+    prompt = model_args.prompt
     demo = model_args.few_shot_type == "prompt-demo"
     template = data_args.template
     if demo and data_args.auto_demo:
@@ -355,35 +342,17 @@ def main(argv=None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return run(argv)
-    except UsageError as e:
+    except RunError as e:  # bad input (2), diverged (3), record kept elsewhere (4), preempted (128 + signal)
         print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:  # Ctrl-C outside training (or without checkpoints): no record
         print("error: interrupted (SIGINT); no record written", file=sys.stderr)
         return 128 + 2
-    except Exception as e:
-        from src.embedded import ModelSourceError
-        if isinstance(e, ModelSourceError):
-            print(f"error: {one_line(e)}", file=sys.stderr)
-            return 2
-        from src.trainer import TrainingDiverged
-        if isinstance(e, TrainingDiverged):  # a failed run: no record in the log
-            print(f"error: {one_line(e)}", file=sys.stderr)
-            return 3
-        from src.preempt import Preempted
-        if isinstance(e, Preempted):  # stopped with a checkpoint: no record
-            print(f"error: {one_line(e)}", file=sys.stderr)
-            return e.exit_code
-        from src.results import RecordNotAppended
-        if isinstance(e, RecordNotAppended):  # finished, record kept elsewhere
-            print(f"error: {one_line(e)}", file=sys.stderr)
-            return 4
-        raise
 
 
 def run(argv=None) -> int:
     start = time.time()
-    model_args, data_args, training_args, task = setup(argv)
+    model_args, data_args, training_args, task, resume = setup(argv)
 
     from src import models, peft, results
     from src.data import Collator
@@ -393,7 +362,7 @@ def run(argv=None) -> int:
     tokenizer = models.load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                       model_args.cache_dir)
     datasets, word_ids = build_data(model_args, data_args, training_args, task, tokenizer)
-    model = models.build_model(model_args, training_args, task, word_ids, data_args.prompt)
+    model = models.build_model(model_args, training_args, task, word_ids, model_args.prompt)
     peft.apply(model, model_args, training_args)
     models.set_trainable(model, model_args, training_args)
     n_trainable = models.count_trainable(model)
@@ -414,7 +383,7 @@ def run(argv=None) -> int:
     train_start = time.time()
     if training_args.do_train and training_args.trainer != "linearhead":
         trainer.run_arg_groups = (model_args, data_args, training_args)  # fingerprint in checkpoints
-        out = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        out = trainer.train(resume_from_checkpoint=resume)
         summary["train_loss"] = out.training_loss
         trainer.restore_best()
         summary.update(trainer.train_summary())

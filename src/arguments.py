@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -42,6 +43,11 @@ class ModelArguments:
     lora_freeze_head: bool = _f(False, "with LoRA, also freeze the MLM head (the reference trains it)")
     sfc: bool = _f(False, "[unsupported] surface-form calibration (OPT-era)")
     icl_sfc: bool = _f(False, "[unsupported] in-context surface-form calibration (OPT-era)")
+
+    @property
+    def prompt(self) -> bool:
+        """Prompt-based (an MLM head at the mask) rather than a classification head."""
+        return "prompt" in self.few_shot_type
 
 
 @dataclass
@@ -79,9 +85,8 @@ class DataArguments:
     gpt3_demo_separator: str = _f("\n\n\n", "[unsupported] GPT-3 style in-context prompts")
     truncate_head: bool = _f(False, "when too long, drop tokens from the front (demo mode only)")
 
-    @property
-    def prompt(self) -> bool:  # set by run.py from few_shot_type
-        return getattr(self, "_prompt", True)
+    def __post_init__(self):
+        self.task_name = self.task_name.lower()   # as the original: SST-2 -> sst-2
 
 
 @dataclass
@@ -98,9 +103,10 @@ class MezoTrainingArguments(TrainingArguments):
     # --- MeZO
     zero_order_optim: bool = _f(False, "train with MeZO (SPSA, forward passes only) instead of backprop")
     zero_order_eps: float = _f(1e-3, "MeZO perturbation scale epsilon")
-    efficient_zero_order: bool = _f(False, "regenerate z from the step seed instead of storing it (MeZO proper)")
-    zo_cache_z: bool = _f(False, "keep z for the step: one noise draw per step instead of three, at the cost "
-                          "of one extra copy of the trainable parameters")
+    efficient_zero_order: bool = _f(False, "regenerate z from the step seed instead of storing it (MeZO proper; "
+                                    "without it z is stored for the step, as in the original)")
+    zo_cache_z: bool = _f(False, "store z for the step even with --efficient_zero_order: the same numbers, one "
+                          "noise draw per step instead of three, one extra copy of the trainable parameters")
     zo_no_decay_bias_norm: bool = _f(False, "MeZO: exempt biases and LayerNorm weights from weight decay (the "
                                      "reference decays every perturbed parameter)")
     zo_max_skipped_steps: float = _f(100, "MeZO: stop the run (exit code 3, no log record) once more than this "
@@ -116,7 +122,8 @@ class MezoTrainingArguments(TrainingArguments):
                                                     "(max(1, floor(step / max_steps * n))); unset means constant "
                                                     "here - the reference used 1 sample when it was unset")
     scale_lr_with_samples: bool = _f(False, "[ablation] do not divide the n-SPSA estimate by n")
-    zero_order_clip_grad: bool = _f(False, "[ablation] clip the ZO gradient norm to max_grad_norm")
+    zero_order_clip_grad: bool = _f(False, "[ablation] clip the ZO gradient norm to max_grad_norm (without it ZO runs "
+                                    "never clip: max_grad_norm is set to 0)")
     zo_variant: Optional[str] = _f(None, "[ablation] grad_norm or param_norm: perturb block b by z/c_b and "
                                    "write c_b z into the estimate (blocks: embed, head, each layer). As in the "
                                    "original, --efficient_zero_order perturbs with plain z and the direct update "
@@ -207,7 +214,21 @@ class MezoTrainingArguments(TrainingArguments):
                 "(the original never consulted a scheduler there), linear otherwise (the Trainer's default). "
                 "Set explicitly, it is honoured on every path, the direct MeZO update included"})
 
+    @property
+    def zo_store_z(self) -> bool:
+        """z kept in memory for the step (one noise draw instead of three, one extra copy of the
+        parameters): the original's non-efficient mode, or --zo_cache_z; else regenerated (MeZO)."""
+        return self.zo_cache_z or not self.efficient_zero_order
+
     def __post_init__(self):
+        if self.no_train:
+            self.do_train = False
+        if self.no_predict:
+            self.do_predict = False
+        if self.sweep:
+            self.output_dir = os.path.join(self.output_dir, time.strftime("%Y%m%d-%H%M%S"))
+        if self.zero_order_optim and not self.zero_order_clip_grad:
+            self.max_grad_norm = 0.0   # the original never clipped a ZO estimate unless asked to
         if self.lr_scheduler_type is None:
             direct_mezo = self.zero_order_optim and not self.zero_order_use_trainer_optim
             self.lr_scheduler_type = "constant" if direct_mezo else "linear"

@@ -42,7 +42,7 @@ import torch
 from transformers import TrainerCallback
 
 from .errors import UsageError
-from .preempt import PreemptCallback, Preempted  # noqa: F401  (registered by MezoTrainer)
+from .preempt import PreemptCallback  # noqa: F401  (registered by MezoTrainer)
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,8 @@ then identical everywhere. `check_in_sync` verifies that cheaply.
 import torch
 import torch.distributed as dist
 
+from .errors import RanksDiverged
+
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -21,10 +23,6 @@ def global_mean(loss: torch.Tensor, count: int) -> torch.Tensor:
                                                                        device=loss.device)])
     dist.all_reduce(both)
     return (both[0] / both[1]).to(loss.dtype)
-
-
-class RanksDiverged(RuntimeError):
-    pass
 
 
 def check_in_sync(params, step: int) -> None:

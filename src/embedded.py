@@ -6,11 +6,9 @@ pipeline runs offline with it.
 """
 import os
 
+from .errors import ModelSourceError
+
 EMBEDDED_NAME = "splade-tiny"
-
-
-class ModelSourceError(RuntimeError):
-    """The model named by --model_name_or_path cannot be loaded."""
 
 
 def embedded_model_dir() -> str:

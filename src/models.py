@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .embedded import EMBEDDED_NAME, ModelSourceError, resolve_model_path
+from .embedded import EMBEDDED_NAME, resolve_model_path
+from .errors import ModelSourceError
+from .model_types import ROBERTA_TYPES
 from .errors import UsageError
 
 
@@ -57,7 +59,7 @@ class PromptMLM(nn.Module):
         self.l2_loss = l2_loss
         ids = None if label_word_ids is None else torch.as_tensor(label_word_ids, dtype=torch.long)
         self.register_buffer("label_word_ids", ids, persistent=False)
-        self.uses_token_types = self.config.model_type not in ("roberta", "xlm-roberta", "camembert")
+        self.uses_token_types = self.config.model_type not in ROBERTA_TYPES
 
     @property
     def encoder_model(self):
@@ -165,8 +167,7 @@ def enlarge_token_types(mlm, rows: int = DEMO_SEGMENTS) -> None:
     copied, the others freshly initialised (N(0, 1), nn.Embedding's default). Models without
     token types (RoBERTa) are left alone."""
     table = getattr(getattr(mlm.base_model, "embeddings", None), "token_type_embeddings", None)
-    if table is None or table.num_embeddings >= rows or mlm.config.model_type in ("roberta", "xlm-roberta",
-                                                                                    "camembert"):
+    if table is None or table.num_embeddings >= rows or mlm.config.model_type in ROBERTA_TYPES:
         return
     new = nn.Embedding(rows, table.embedding_dim).to(table.weight.device, table.weight.dtype)
     with torch.no_grad():

@@ -25,25 +25,11 @@ import threading
 import torch
 from transformers import TrainerCallback
 
+from .errors import Preempted
+
 logger = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-class Preempted(RuntimeError):
-    """Training stopped by a signal; run.py exits with `exit_code` and writes no record."""
-
-    def __init__(self, signum: int, step: int, path):
-        self.signum, self.step, self.path = signum, step, path
-        self.exit_code = 128 + signum
-        name = signal.Signals(signum).name
-        if path:
-            msg = (f"{name} received: stopped after step {step}, checkpoint {path} written; continue with "
-                   f"--resume_from_checkpoint auto")
-        else:
-            msg = (f"{name} received at the last step ({step}), which is never checkpointed; "
-                   f"--resume_from_checkpoint auto redoes the steps since the latest checkpoint")
-        super().__init__(msg)
 
 
 def checkpoints_enabled(args) -> bool:

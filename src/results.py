@@ -18,6 +18,8 @@ import tempfile
 
 from filelock import FileLock
 
+from .errors import RecordNotAppended
+
 
 def json_safe(value):
     """Arguments as plain JSON values: enums by value, devices and paths as strings."""
@@ -69,10 +71,6 @@ def append_record(path: str, record: dict) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-class RecordNotAppended(OSError):
-    """The log could not take a finished run's record; it was saved elsewhere (run.py exits 4)."""
 
 
 RECORD_FILE = "record.json"

@@ -41,14 +41,16 @@ dev to be had and `dev_matched.tsv` is the right file for model selection.
 import csv
 import io
 import logging
-import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from pandas._libs.parsers import STR_NA_VALUES
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import f1_score, matthews_corrcoef
 
 from .errors import UsageError
 
@@ -69,64 +71,22 @@ class InputExample:
 
 
 # --------------------------------------------------------------------------------------------
-# metrics (plain numpy; same definitions as scikit-learn / scipy)
+# metrics: the reference's (transformers' glue_compute_metrics) from scikit-learn and scipy
+
+# metric kind -> the keys compute_metrics returns, in order (without the `eval_` prefix)
+METRIC_KEYS = {"acc": ("acc",), "mnli": ("mnli/acc",), "mnli-mm": ("mnli-mm/acc",), "mcc": ("mcc",),
+               "acc_and_f1": ("acc", "f1", "acc_and_f1"), "pearson_and_spearman": ("pearson", "spearmanr", "corr")}
 
 
 def _accuracy(preds, labels) -> float:
-    if len(labels) == 0:
-        return float("nan")
-    return float(np.mean(preds == labels))
+    return float(np.mean(preds == labels)) if len(labels) else float("nan")
 
 
-def _f1_binary(preds, labels) -> float:
-    """F1 of the positive class 1 (scikit-learn's default); 0.0 when it is undefined."""
-    tp = int(np.sum((preds == 1) & (labels == 1)))
-    fp = int(np.sum((preds == 1) & (labels != 1)))
-    fn = int(np.sum((preds != 1) & (labels == 1)))
-    denom = 2 * tp + fp + fn
-    return float(2 * tp / denom) if denom else 0.0
-
-
-def _matthews(preds, labels) -> float:
-    """Matthews correlation (multi-class form, as scikit-learn); 0.0 when undefined."""
-    classes = np.union1d(np.unique(labels), np.unique(preds))
-    t = np.array([np.sum(labels == c) for c in classes], dtype=np.float64)
-    p = np.array([np.sum(preds == c) for c in classes], dtype=np.float64)
-    c = float(np.sum(preds == labels))
-    s = float(len(labels))
-    cov_tp = c * s - float(np.dot(t, p))
-    cov_pp = s * s - float(np.dot(p, p))
-    cov_tt = s * s - float(np.dot(t, t))
-    denom = cov_tt * cov_pp
-    if denom == 0:
-        return 0.0
-    return float(cov_tp / math.sqrt(denom))
-
-
-def _pearson(x, y) -> float:
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if len(x) < 2:
-        return float("nan")
-    xm = x - x.mean()
-    ym = y - y.mean()
-    denom = math.sqrt(float(np.dot(xm, xm)) * float(np.dot(ym, ym)))
-    if denom == 0:
-        return float("nan")  # constant input: undefined (scipy also returns nan)
-    r = float(np.dot(xm, ym)) / denom
-    return max(-1.0, min(1.0, r))
-
-
-def _average_ranks(x) -> np.ndarray:
-    """1-based ranks, ties get the mean of their ranks (scipy.stats.rankdata 'average')."""
-    _, inverse, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts).astype(np.float64)
-    avg = ends - (counts - 1) / 2.0
-    return avg[inverse.reshape(-1)]
-
-
-def _spearman(x, y) -> float:
-    return _pearson(_average_ranks(x), _average_ranks(y))
+def _correlations(preds, labels):
+    """(Pearson, Spearman); NaN when undefined (fewer than two points, a constant input)."""
+    if len(labels) < 2 or np.all(preds == preds[0]) or np.all(labels == labels[0]):
+        return float("nan"), float("nan")
+    return float(pearsonr(preds, labels)[0]), float(spearmanr(preds, labels)[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,6 +221,11 @@ class Task:
         return self.label_id(label)
 
     # -- metrics ------------------------------------------------------------------------
+    @property
+    def metric_names(self) -> tuple:
+        """The keys compute_metrics returns (without `eval_`)."""
+        return METRIC_KEYS[self.metric]
+
     def compute_metrics(self, preds: np.ndarray, labels: np.ndarray) -> dict:
         """Metrics with the reference's keys (without the `eval_` prefix).
 
@@ -270,23 +235,23 @@ class Task:
         labels = np.asarray(labels)
         if preds.shape != labels.shape:
             raise ValueError(f"compute_metrics: preds shape {preds.shape} != labels shape {labels.shape}")
+        with warnings.catch_warnings():   # degenerate inputs (one class, constant scores) are fine here
+            warnings.simplefilter("ignore")
+            return self._metrics(preds, labels)
+
+    def _metrics(self, preds, labels) -> dict:
         m = self.metric
-        if m == "acc":
-            return {"acc": _accuracy(preds, labels)}
-        if m == "mnli":
-            return {"mnli/acc": _accuracy(preds, labels)}
-        if m == "mnli-mm":
-            return {"mnli-mm/acc": _accuracy(preds, labels)}
+        if m in ("acc", "mnli", "mnli-mm"):
+            return {METRIC_KEYS[m][0]: _accuracy(preds, labels)}
         if m == "mcc":
-            return {"mcc": _matthews(preds, labels)}
+            return {"mcc": float(matthews_corrcoef(labels, preds))}
         if m == "acc_and_f1":
             acc = _accuracy(preds, labels)
-            f1 = _f1_binary(preds, labels)
+            f1 = float(f1_score(labels, preds, zero_division=0.0))
             return {"acc": acc, "f1": f1, "acc_and_f1": (acc + f1) / 2}
         if m == "pearson_and_spearman":
-            p = _pearson(preds, labels)
-            s = _spearman(preds, labels)
-            return {"pearson": p, "spearmanr": s, "corr": (p + s) / 2}
+            p, sp = _correlations(preds.astype(np.float64), labels.astype(np.float64))
+            return {"pearson": p, "spearmanr": sp, "corr": (p + sp) / 2}
         raise ValueError(f"unknown metric {m!r}")
 
 

@@ -20,13 +20,10 @@ from transformers import Trainer, TrainerCallback
 
 from . import checkpoint, distributed, monitor, zo, zo_ablations
 from .data import original_train_sampler
+from .errors import TrainingDiverged
 from .optim import OriginalAdamW
 
 logger = logging.getLogger(__name__)
-
-
-class TrainingDiverged(RuntimeError):
-    """Too many MeZO steps skipped for a non-finite loss (--zo_max_skipped_steps): run.py exits 3, no record."""
 
 
 class LearningRateHolder(torch.optim.Optimizer):
@@ -197,8 +194,7 @@ class MezoTrainer(Trainer):
                              for n, _ in named]
             self.zo_skipped = 0
             self.zo_forwards = 0
-            # The reference's non-efficient mode stores z for the step; so does --zo_cache_z.
-            self.noise = zo.default_noise(cache_z=a.zo_cache_z or not a.efficient_zero_order)
+            self.noise = zo.default_noise(cache_z=a.zo_store_z)
             if self.zo_trainer or zo_ablations.needs_state(a):
                 layers = getattr(getattr(self.model, "config", None), "num_hidden_layers", 1)
                 self.zo_ab = zo_ablations.ZOAblation(named, layers, a, self.noise)
@@ -237,14 +233,6 @@ class MezoTrainer(Trainer):
         if self.optimizer is None:
             self.optimizer = LearningRateHolder(self.args.learning_rate)
         return self.optimizer
-
-    def _clip_grad_norm(self, model):
-        if self.zo or (self.zo_trainer and not self.args.zero_order_clip_grad):
-            return None
-        return super()._clip_grad_norm(model)
-
-    def _get_grad_norm(self, model, grad_norm=None):
-        return None if self.zo else super()._get_grad_norm(model, grad_norm)
 
     def zo_forward(self, model, inputs) -> torch.Tensor:
         """Loss of one forward pass in eval mode (dropout off), without autograd."""

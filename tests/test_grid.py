@@ -105,11 +105,11 @@ def test_steps_and_grid_override():
     r = grid.enumerate_runs("ft", "SST-2", 16, steps=50, eval_steps=5, seeds=[13])[0]
     assert (r.env["STEP"], r.env["EVAL_STEP"]) == ("50", "5")
     for bad in ("lr", "foo=1", "lr=abc", "bs=0.5", "{not json"):
-        with pytest.raises(grid.GridError):
+        with pytest.raises(grid.UsageError):
             grid.parse_grid(bad)
-    with pytest.raises(grid.GridError):
+    with pytest.raises(grid.UsageError):
         grid.enumerate_runs("ft", "SST-2", 16, grid_override={"eps": ("1e-3",)})
-    with pytest.raises(grid.GridError):
+    with pytest.raises(grid.UsageError):
         grid.enumerate_runs("nope", "SST-2", 16)
 
 

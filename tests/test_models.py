@@ -75,7 +75,7 @@ def test_unknown_head_is_a_usage_error():
 
 
 def test_unreachable_hub_name_fails_with_one_line(monkeypatch):
-    from src.embedded import ModelSourceError
+    from src.errors import ModelSourceError
     from src.models import load_tokenizer
     import huggingface_hub.constants
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail fast, no retries

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from src import results
+from src.errors import RecordNotAppended
 from tools import gather_result
 
 
@@ -120,7 +121,7 @@ def test_save_record_falls_back_to_output_dir_then_tmp_then_stdout(tmp_path, mon
     log = tmp_path / "logdir"
     log.mkdir()  # appending to a folder fails
     out = tmp_path / "out"
-    with pytest.raises(results.RecordNotAppended, match=f"it is saved in {out}/record.json"):
+    with pytest.raises(RecordNotAppended, match=f"it is saved in {out}/record.json"):
         results.save_record(str(log), {"a": 1}, str(out))
     assert json.loads((out / "record.json").read_text()) == {"a": 1}
 
@@ -129,7 +130,7 @@ def test_save_record_falls_back_to_output_dir_then_tmp_then_stdout(tmp_path, mon
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     monkeypatch.setattr(results.tempfile, "gettempdir", lambda: str(tmp))
-    with pytest.raises(results.RecordNotAppended) as e:
+    with pytest.raises(RecordNotAppended) as e:
         results.save_record(str(log), {"b": 2}, str(blocked))
     saved, = tmp.iterdir()
     assert f"it is saved in {saved}" in str(e.value) and json.loads(saved.read_text()) == {"b": 2}
@@ -137,6 +138,6 @@ def test_save_record_falls_back_to_output_dir_then_tmp_then_stdout(tmp_path, mon
     file_not_dir = tmp_path / "file"
     file_not_dir.write_text("")
     monkeypatch.setattr(results.tempfile, "gettempdir", lambda: str(file_not_dir))
-    with pytest.raises(results.RecordNotAppended, match="printed on stdout above"):
+    with pytest.raises(RecordNotAppended, match="printed on stdout above"):
         results.save_record(str(log), {"c": 3}, str(blocked))
     assert capsys.readouterr().out == '{"c": 3}\n'

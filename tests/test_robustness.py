@@ -14,7 +14,8 @@ from transformers import TrainerCallback
 
 import run
 from src import results
-from src.trainer import MezoTrainer, TrainingDiverged, skip_limit
+from src.errors import TrainingDiverged
+from src.trainer import MezoTrainer, skip_limit
 
 TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
 MAPPING = "{0:'terrible',1:'great'}"

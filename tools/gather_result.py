@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from src.errors import UsageError  # noqa: E402
 from src.results import read_records  # noqa: E402
 from src.tasks import DEV_OBJECTIVE_KEYS, TASKS  # noqa: E402
 
@@ -42,15 +43,11 @@ DEFAULT_ARGS = ["per_device_train_batch_size", "gradient_accumulation_steps", "l
 ORIGINAL_ONLY_TASKS = ("ag_news", "yahoo_answers", "yelp_review_full")
 
 
-class GatherError(ValueError):
-    pass
 
 
 def metric_names(task_name):
-    """The metric names a task reports (without `eval_`), from the task's own metric function."""
-    task = TASKS[task_name]
-    sample = np.array([0.0, 1.0]) if task.output_mode == "regression" else np.array([0, 1])
-    return list(task.compute_metrics(sample, sample))
+    """The metric names a task reports (without `eval_`)."""
+    return list(TASKS[task_name].metric_names)
 
 
 def selection_metric(names):
@@ -58,7 +55,7 @@ def selection_metric(names):
     for key in DEV_OBJECTIVE_KEYS:
         if key[len("eval_"):] in names:
             return key[len("eval_"):]
-    raise GatherError(f"no dev objective among {names}")
+    raise UsageError(f"no dev objective among {names}")
 
 
 def _pair(names):
@@ -73,20 +70,20 @@ def derive_keys(condition):
     """(dev key, test key, second test key or None) for the condition's task_name (rewritten in place)."""
     task = condition.get("task_name")
     if isinstance(task, list):
-        raise GatherError("--condition: give a single task_name (or pass --key and --test_key)")
+        raise UsageError("--condition: give a single task_name (or pass --key and --test_key)")
     if task is None:
-        raise GatherError("--condition: needs 'task_name' (or pass --key and --test_key)")
+        raise UsageError("--condition: needs 'task_name' (or pass --key and --test_key)")
     real, _, wanted = str(task).partition("/")
     if real in ORIGINAL_ONLY_TASKS and not wanted:
         return f"{real}_dev_eval_acc", f"{real}_test_eval_acc", None
     if real not in TASKS:
-        raise GatherError(f"--condition: unknown task_name {task!r}; known: "
+        raise UsageError(f"--condition: unknown task_name {task!r}; known: "
                           f"{', '.join(list(TASKS) + list(ORIGINAL_ONLY_TASKS))}")
     names = metric_names(real)
     pair = _pair(names)
     if wanted:
         if pair is None or wanted not in pair:
-            raise GatherError(f"--condition: unknown task_name {task!r}"
+            raise UsageError(f"--condition: unknown task_name {task!r}"
                               + (f"; {real} reports {'/'.join(pair)}" if pair else ""))
         m = wanted
         condition["task_name"] = real
@@ -149,7 +146,7 @@ def gather(records, condition, key, test_key, test_key2=None, args_to_care=None,
         for r in kept:
             missing = [a for a in args_to_care if a not in r]
             if missing:
-                raise GatherError(f"--args_to_care: run {r.get('output_dir')} has no field {missing[0]!r}")
+                raise UsageError(f"--args_to_care: run {r.get('output_dir')} has no field {missing[0]!r}")
     tags = sorted({r.get("tag", "") for r in kept})
     ks = sorted({r.get("num_k", 0) for r in kept})
     chosen = {}
@@ -228,9 +225,9 @@ def literal(text, flag, kind):
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        raise GatherError(f"{flag}: not a Python literal: {text!r}")
+        raise UsageError(f"{flag}: not a Python literal: {text!r}")
     if not isinstance(value, kind):
-        raise GatherError(f"{flag}: expected a {kind.__name__} literal, got {type(value).__name__}")
+        raise UsageError(f"{flag}: expected a {kind.__name__} literal, got {type(value).__name__}")
     return value
 
 
@@ -259,18 +256,18 @@ def main(argv=None):
         care = literal(a.args_to_care, "--args_to_care", list) if a.args_to_care else None
         if a.key or a.test_key:
             if not (a.key and a.test_key):
-                raise GatherError("--key and --test_key go together")
+                raise UsageError("--key and --test_key go together")
             key, test_key, test_key2 = a.key, a.test_key, a.test_key2
         else:
             key, test_key, test_key2 = derive_keys(condition)
             test_key2 = a.test_key2 or test_key2
         if not os.path.isfile(a.log):
-            raise GatherError(f"--log {a.log}: no such file")
+            raise UsageError(f"--log {a.log}: no such file")
         records = read_records(a.log)
         if not (a.key or a.test_key):
             condition, key, test_key = resolve(records, condition, key, test_key)
         gather(records, condition, key, test_key, test_key2, care)
-    except GatherError as e:
+    except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

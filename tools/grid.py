@@ -82,6 +82,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from src.errors import UsageError  # noqa: E402
 from src.catalog import (DEFAULT_STEPS, LORA, METHOD_NAMES, PREFIX, SEEDS, TAG_SUFFIXES,  # noqa: E402,F401
                          TASKS, Method, methods)
 
@@ -100,8 +101,6 @@ OWNED_FLAGS = ("--learning_rate", "--per_device_train_batch_size", "--zero_order
                "--model_name_or_path", "--log_file", "--trainer")
 
 
-class GridError(ValueError):
-    pass
 
 
 def short_model_name(model: str) -> str:
@@ -121,35 +120,35 @@ def parse_grid(text: Optional[str]) -> Dict[str, tuple]:
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as e:
-            raise GridError(f"--grid: not valid JSON ({e})")
+            raise UsageError(f"--grid: not valid JSON ({e})")
         if not isinstance(raw, dict):
-            raise GridError("--grid: JSON must be an object")
+            raise UsageError("--grid: JSON must be an object")
         items = [(k, v if isinstance(v, list) else [v]) for k, v in raw.items()]
     else:
         items = []
         for part in text.split():
             if "=" not in part:
-                raise GridError(f"--grid: {part!r} is not key=v1,v2,...")
+                raise UsageError(f"--grid: {part!r} is not key=v1,v2,...")
             k, v = part.split("=", 1)
             items.append((k, [x for x in v.split(",") if x != ""]))
     out = {}
     for k, values in items:
         axis = ALIASES.get(k.strip().lower())
         if axis is None:
-            raise GridError(f"--grid: unknown key {k!r} (use lr, bs, eps, wd)")
+            raise UsageError(f"--grid: unknown key {k!r} (use lr, bs, eps, wd)")
         if not values:
-            raise GridError(f"--grid: no values for {k!r}")
+            raise UsageError(f"--grid: no values for {k!r}")
         strs = []
         for v in values:
             s = str(v).strip()
             try:
                 x = float(s)
             except ValueError:
-                raise GridError(f"--grid: {k}={s!r} is not a number")
+                raise UsageError(f"--grid: {k}={s!r} is not a number")
             if not math.isfinite(x) or x < 0:
-                raise GridError(f"--grid: {k}={s!r} must be a finite number >= 0")
+                raise UsageError(f"--grid: {k}={s!r} must be a finite number >= 0")
             if axis == "bs" and (x != int(x) or x < 1):
-                raise GridError(f"--grid: bs={s!r} must be a positive integer")
+                raise UsageError(f"--grid: bs={s!r} must be a positive integer")
             strs.append(str(int(x)) if axis == "bs" else s)
         out[axis] = tuple(dict.fromkeys(strs))  # keep order, drop repeats
     return out
@@ -187,12 +186,12 @@ def enumerate_runs(method: str, task: str, k: int, model: str = "roberta-large",
                    grid_override=None, steps=None, eval_steps=None, log="log", extra=()) -> List[Run]:
     ms = methods(k)
     if method not in ms:
-        raise GridError(f"--method {method!r}: expected one of {', '.join(ms)}")
+        raise UsageError(f"--method {method!r}: expected one of {', '.join(ms)}")
     m = ms[method]
     grid = dict(m.grid)
     for axis, values in (grid_override or {}).items():
         if axis not in grid:
-            raise GridError(f"--grid: method {method} has no {axis!r} axis "
+            raise UsageError(f"--grid: method {method} has no {axis!r} axis "
                             f"(it has: {', '.join(grid) or 'none'})")
         grid[axis] = tuple(values)
     if m.trains:
@@ -203,7 +202,7 @@ def enumerate_runs(method: str, task: str, k: int, model: str = "roberta-large",
         else:
             n_eval = d_eval if steps is None else max(1, n_steps // 10)
         if n_steps < 1 or n_eval < 1:
-            raise GridError("--steps and --eval_steps must be >= 1")
+            raise UsageError("--steps and --eval_steps must be >= 1")
     tag = make_tag(m, k, model)
     axes = [a for a in ("bs", "lr", "eps", "wd") if a in grid]
     runs = []
@@ -551,23 +550,23 @@ def main(argv=None, runner=subprocess_runner, out=sys.stdout, on_submit=None) ->
     try:
         for flag in a.extra:
             if flag.split("=", 1)[0] in OWNED_FLAGS:
-                raise GridError(f"{flag} after `--`: the grid sets it (use --grid/--steps/--seeds/--log)")
+                raise UsageError(f"{flag} after `--`: the grid sets it (use --grid/--steps/--seeds/--log)")
         seeds = SEEDS
         if a.seeds:
             try:
                 seeds = tuple(int(s) for s in _split_list(a.seeds))
             except ValueError:
-                raise GridError(f"--seeds {' '.join(a.seeds)}: integers expected")
+                raise UsageError(f"--seeds {' '.join(a.seeds)}: integers expected")
             odd = [s for s in seeds if s not in SEEDS]
             if odd:
                 print(f"warning: seeds {odd} are not the paper's {list(SEEDS)}", file=sys.stderr)
         tasks = _split_list([a.task])
         for t in tasks:
             if t not in TASKS:
-                raise GridError(f"--task {t!r}: expected one of {', '.join(TASKS)} (case as in run_fewshot.sh)")
+                raise UsageError(f"--task {t!r}: expected one of {', '.join(TASKS)} (case as in run_fewshot.sh)")
         override = parse_grid(a.grid)
         if a.k < 1:
-            raise GridError("--k must be >= 1")
+            raise UsageError("--k must be >= 1")
         log = os.path.abspath(a.log)
         # The scripts cd to the repository root: give run.py a path that is right from there.
         log_arg = os.path.relpath(log, ROOT) if log.startswith(ROOT + os.sep) else log
@@ -576,7 +575,7 @@ def main(argv=None, runner=subprocess_runner, out=sys.stdout, on_submit=None) ->
             for task in tasks:
                 runs += enumerate_runs(method, task, a.k, a.model, seeds, override, a.steps, a.eval_steps,
                                        log_arg, a.extra)
-    except GridError as e:
+    except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     mark_done(runs, log)

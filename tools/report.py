@@ -41,8 +41,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from src.catalog import METHOD_NAMES, TAG_SUFFIXES  # noqa: E402
+from src.errors import UsageError  # noqa: E402
 from src.results import read_records  # noqa: E402
-from tools.gather_result import GatherError, derive_keys, gather  # noqa: E402
+from tools.gather_result import derive_keys, gather  # noqa: E402
 
 PAPER_TASKS = ("sst-2", "sst-5", "snli", "mnli", "rte", "trec")
 PAPER_TASK_NAMES = {"sst-2": "SST-2", "sst-5": "SST-5", "snli": "SNLI", "mnli": "MNLI", "rte": "RTE",
@@ -113,7 +114,7 @@ def collect(records, proxy=True):
     for task, tag, k in cells:
         try:
             key, test_key, _ = derive_keys({"task_name": task})
-        except GatherError as e:
+        except UsageError as e:
             skipped.append(f"{task} ({e})")
             continue
         buf = io.StringIO()

@@ -1,0 +1,6 @@
+"""The model families the project knows, by `config.model_type`: one place for every check."""
+
+# RoBERTa-style: no token types (segments never reach the model); positions start after the pad index.
+ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
+# Self-attention modules that LoRA (src/lora.py) and prefix tuning (src/prefix.py) know.
+PEFT_MODEL_TYPES = ROBERTA_TYPES + ("bert",)
