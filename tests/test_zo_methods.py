@@ -342,3 +342,52 @@ def test_bad_hyperparameters_are_refused():
         zm.build_method("lozo", params, eps=EPS, nu=0)
     with pytest.raises(ValueError, match="lozo_m"):
         zm.build_method("lozo", params, eps=EPS, beta1=0.9)
+
+
+# ----------------------------------------------------------------------------- tiny RoBERTa
+def _mlm_batch(lo, hi):
+    items = __import__("tiny").mask_dataset(12)[lo:hi]
+    width = max(len(it["input_ids"]) for it in items)
+    ids = torch.tensor([it["input_ids"] + [1] * (width - len(it["input_ids"])) for it in items])
+    mask = torch.tensor([it["attention_mask"] + [0] * (width - len(it["attention_mask"])) for it in items])
+    return ids, mask, torch.tensor([it["label"] for it in items])
+
+
+def _mlm_loss(mlm, lo, hi):
+    ids, mask, labels = _mlm_batch(lo, hi)
+
+    def loss_fn():
+        logits = mlm(input_ids=ids, attention_mask=mask).logits[:, 2][:, [10, 20]]
+        return nn.functional.cross_entropy(logits, labels)
+    return loss_fn
+
+
+def _tiny_mlm(tiny_roberta_dir):
+    from transformers import AutoModelForMaskedLM
+    mlm = AutoModelForMaskedLM.from_pretrained(tiny_roberta_dir, hidden_dropout_prob=0.0,
+                                               attention_probs_dropout_prob=0.0).double().eval()
+    return mlm, [p for p in mlm.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("name,hp", [("lozo_m", {"rank": 2, "nu": 2}), ("hizoo", {}), ("fzoo", {"n": 3}),
+                                     ("adam", {})])
+def test_methods_run_on_tiny_roberta(tiny_roberta_dir, name, hp):
+    """The real parameter zoo: a tied embedding/decoder matrix (2-D: low-rank for LOZO), LayerNorm vectors."""
+    mlm, params = _tiny_mlm(tiny_roberta_dir)
+    before = [p.detach().clone() for p in params]
+    loss_fn = _mlm_loss(mlm, 0, 12)
+    method = zm.build_method(name, params, eps=EPS, **hp)
+    steps = run(method, loss_fn, [1e-4] * 3)
+    assert all(not s.skipped and math.isfinite(s.loss_plus) for s in steps)
+    assert all(not torch.equal(p, b) for p, b in zip(params, before))
+    assert mlm.lm_head.decoder.weight is mlm.roberta.embeddings.word_embeddings.weight   # still tied
+
+
+def test_gradient_accumulation_on_tiny_roberta(tiny_roberta_dir):
+    """Micro-batches of 5 and 7 (padded to their own widths) give the full batch-12 MeZO update."""
+    mlm_a, full = _tiny_mlm(tiny_roberta_dir)
+    mlm_b, micro = _tiny_mlm(tiny_roberta_dir)
+    run(zm.build_method("mezo", full, eps=EPS), _mlm_loss(mlm_a, 0, 12), [1e-3] * 2)
+    parts = [(_mlm_loss(mlm_b, 0, 5), 5), (_mlm_loss(mlm_b, 5, 12), 7)]
+    run(zm.build_method("mezo", micro, eps=EPS), zm.accumulated_loss(parts), [1e-3] * 2)
+    close(micro, [p.detach() for p in full], tol=1e-12)
