@@ -336,51 +336,67 @@ class ZOAdam(ZOMethod):
 
 
 class HiZOO(ZOMethod):
-    """HiZOO: SPSA along Sigma^{1/2} z with a diagonal Hessian estimate Sigma; 3 forwards; state Sigma.
+    """HiZOO: SPSA along Sigma^{1/2} z with a diagonal Hessian estimate; 3 forwards; one state vector.
 
     Source: Zhao et al. 2024, "Second-Order Fine-Tuning without Pain for LLMs: A Hessian Informed
-    Zeroth-Order Optimizer" (HiZOO), code Yanjun-Zhao/HiZOO ``medium_models/src/trainer.py`` (the
-    RoBERTa-large fork of MeZO's ``medium_models``), step as coded there:
-      l0 = L(theta); l+- = L(theta +- eps Sigma^{1/2} z);  (theta restored)
-      Sigma <- (1 - alpha) Sigma + alpha |l+ + l- - 2 l0| / (2 eps^2) * z^2 / Sigma   (old Sigma)
-      theta <- theta - lr ((l+ - l-) / (2 eps) * z * Sigma^{1/2} + wd theta)        (new Sigma)
-    Sigma starts at ones; alpha is the smoothing constant (``Hessian_smooth_type constant1e-6``
-    for RoBERTa-large full fine-tuning in the repo's README; 1e-10 for LoRA). Weight decay applies
-    to every parameter in that code. Not reproduced: the code runs a fourth forward after the
-    update, only to log its loss; the paper's step is three forwards, as here.
+    Zeroth-Order Optimizer" (HiZOO, arXiv 2402.15173), code Yanjun-Zhao/HiZOO. The step:
+      l0 = L(theta); l+- = L(theta +- eps Sigma^{1/2} z);  (theta restored), c = |l+ + l- - 2 l0| / (2 eps^2)
+    then the diagonal update and theta <- theta - lr ((l+ - l-) / (2 eps) Sigma^{1/2} z + wd theta)
+    with the *updated* Sigma. Two forms of the diagonal update exist in the public code:
+    * ``form="paper"`` (default): the state is H = Sigma^{-1}, the Hessian diagonal (ones at start);
+      perturbation z / sqrt(H); H <- (1 - alpha) H + alpha c H z^2; update uses z / sqrt(H).
+      This is the paper's Algorithm 1 (Sigma^{-1} <- (1 - alpha) Sigma^{-1} + alpha c
+      Sigma^{-1/2} z z^T Sigma^{-1/2}, diagonal) and the repo's current ``trainer.py``
+      (``zo_Hessian_step_update``, 2025).
+    * ``form="code2024"``: the RoBERTa fork ``medium_models/src/trainer.py`` (Jan 2024): the state
+      S multiplies z by sqrt(S) and is updated as S <- (1 - alpha) S + alpha c z^2 / S. (As
+      published that file passes an undefined name ``seed`` to its perturbation and cannot run;
+      here the step's seed is used.)
+    alpha is the smoothing constant (``Hessian_smooth_type constant1e-6`` for RoBERTa-large full
+    fine-tuning in the medium_models README; 1e-10 with LoRA). Weight decay applies to every
+    parameter in that code. Not reproduced: the code runs a fourth forward after the update only
+    to log its loss; the paper's step is three forwards, as here.
     """
 
     name = "hizoo"
     forwards_per_step = 3
+    FORMS = ("paper", "code2024")
 
-    def __init__(self, params, *, eps, weight_decay=0.0, noise: Optional[ParamNoise] = None, alpha: float = 1e-6):
+    def __init__(self, params, *, eps, weight_decay=0.0, noise: Optional[ParamNoise] = None, alpha: float = 1e-6,
+                 form: str = "paper"):
         super().__init__(params, eps=eps, weight_decay=weight_decay, noise=noise)
         if not isinstance(self.noise, ParamNoise):
             raise ValueError("HiZOO needs a per-parameter noise (zo_noise.ParamNoise)")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        self.alpha = float(alpha)
-        self.sigma = [torch.ones_like(p, memory_format=torch.contiguous_format) for p in self.params]
-        self.scaled = ScaledNoise(self.noise, lambda i: self.sigma[i].sqrt())
+        if form not in self.FORMS:
+            raise ValueError(f"HiZOO form must be one of {self.FORMS}, got {form!r}")
+        self.alpha, self.form = float(alpha), form
+        self.diag = [torch.ones_like(p, memory_format=torch.contiguous_format) for p in self.params]
+        self.scaled = ScaledNoise(self.noise, self.sqrt_sigma)
         self.last_l0 = float("nan")
 
     def default_noise(self):
         return GaussianParamNoise()
 
+    def sqrt_sigma(self, i: int) -> torch.Tensor:
+        """Sigma_i^{1/2}, the elementwise factor of z (H^{-1/2} in the paper form)."""
+        return self.diag[i].rsqrt() if self.form == "paper" else self.diag[i].sqrt()
+
     def state_tensors(self):
-        return {"sigma": self.sigma}
+        return {"hessian" if self.form == "paper" else "sigma": self.diag}
 
     def _step(self, loss_fn, seed, lr):
         l0 = self.last_l0 = float(loss_fn())
         st = self._spsa(loss_fn, seed, noise=self.scaled)
         if st.skipped or not math.isfinite(l0):
             return st._replace(skipped=True)
-        curv = abs(st.loss_plus + st.loss_minus - 2.0 * l0) / (2.0 * self.eps * self.eps)
-        for i, (p, s, w) in enumerate(zip(self.params, self.sigma, self.weight_decay)):
+        c = abs(st.loss_plus + st.loss_minus - 2.0 * l0) / (2.0 * self.eps * self.eps)
+        for i, (p, d, w) in enumerate(zip(self.params, self.diag, self.weight_decay)):
             z = self.noise.z(p, i, seed)
-            h = z * z / s                                   # z^2 / Sigma with the old Sigma
-            s.mul_(1.0 - self.alpha).add_(h, alpha=self.alpha * curv)
-            upd = z.mul_(s.sqrt()).mul_(st.grad)
+            est = z * z * d if self.form == "paper" else z * z / d     # with the old diagonal
+            d.mul_(1.0 - self.alpha).add_(est, alpha=self.alpha * c)
+            upd = z.mul_(self.sqrt_sigma(i)).mul_(st.grad)
             if w:
                 upd.add_(p, alpha=w)
             p.sub_(upd, alpha=lr)

@@ -154,29 +154,39 @@ def test_adam_equals_torch_adam_fed_g_z():
 
 
 # ----------------------------------------------------------------------------- HiZOO
-def test_hizoo_matches_its_three_forward_rule():
+@pytest.mark.parametrize("form", ["paper", "code2024"])
+def test_hizoo_matches_its_three_forward_rule(form):
     _, params, loss_fn, L, theta = setup()
-    alpha, lr, wd = 0.3, 0.05, 0.01      # a large alpha, so Sigma moves visibly in 6 steps
-    method = zm.build_method("hizoo", params, eps=EPS, weight_decay=wd, alpha=alpha)
+    alpha, lr, wd = 0.3, 0.05, 0.01      # a large alpha, so the diagonal moves visibly in 6 steps
+    method = zm.build_method("hizoo", params, eps=EPS, weight_decay=wd, alpha=alpha, form=form)
     calls = []
     counted = lambda: calls.append(1) or loss_fn()  # noqa: E731
     run(method, counted, [lr] * STEPS)
     assert len(calls) == 3 * STEPS == method.forwards_per_step * STEPS
-    sigma = [torch.ones_like(t) for t in theta]
+    diag = [torch.ones_like(t) for t in theta]
     noise = GaussianParamNoise()
     for s in seeds():
         z = noise.draw_z(theta, s)
+        if form == "paper":          # state H = Sigma^{-1}: Algorithm 1 of the paper
+            half = [1 / h.sqrt() for h in diag]
+        else:                        # state S = Sigma: medium_models/src/trainer.py (2024)
+            half = [si.sqrt() for si in diag]
         l0 = L(theta)
-        lp = L([t + EPS * si.sqrt() * zi for t, si, zi in zip(theta, sigma, z)])
-        lm = L([t - EPS * si.sqrt() * zi for t, si, zi in zip(theta, sigma, z)])
-        sigma = [(1 - alpha) * si + alpha * abs(lp + lm - 2 * l0) * (1 / si) * zi * zi / (2 * EPS * EPS)
-                 for si, zi in zip(sigma, z)]
+        lp = L([t + EPS * hf * zi for t, hf, zi in zip(theta, half, z)])
+        lm = L([t - EPS * hf * zi for t, hf, zi in zip(theta, half, z)])
+        c = abs(lp + lm - 2 * l0) / (2 * EPS * EPS)
+        if form == "paper":
+            diag = [(1 - alpha) * h + alpha * c * h * zi * zi for h, zi in zip(diag, z)]
+            half = [1 / h.sqrt() for h in diag]
+        else:
+            diag = [(1 - alpha) * si + alpha * c * (1 / si) * zi * zi for si, zi in zip(diag, z)]
+            half = [si.sqrt() for si in diag]
         g = (lp - lm) / (2 * EPS)
-        theta = [t - lr * (g * zi * si.sqrt() + wd * t) for t, zi, si in zip(theta, z, sigma)]
+        theta = [t - lr * (g * zi * hf + wd * t) for t, zi, hf in zip(theta, z, half)]
     close(params, theta)
-    # the curvature |l+ + l- - 2 l0| / (2 eps^2) divides loss rounding (1e-16) by eps^2 (1e-6)
-    close(method.sigma, sigma, tol=1e-8)
-    assert not all(torch.allclose(s, torch.ones_like(s)) for s in sigma)
+    # c = |l+ + l- - 2 l0| / (2 eps^2) divides loss rounding (1e-16) by eps^2 (1e-6)
+    close(method.diag, diag, tol=1e-8)
+    assert not all(torch.allclose(d, torch.ones_like(d)) for d in diag)
     assert method.state_numel() == sum(p.numel() for p in params)
 
 
@@ -295,7 +305,7 @@ def test_gradient_accumulation_equals_the_full_batch():
 
 
 # ----------------------------------------------------------------------------- state, noises, errors
-@pytest.mark.parametrize("name,hp", [("momentum", {}), ("adam", {}), ("hizoo", {"alpha": 0.2}),
+@pytest.mark.parametrize("name,hp", [("momentum", {}), ("adam", {}), ("hizoo", {"alpha": 0.2}), ("hizoo", {"alpha": 0.2, "form": "code2024"}),
                                      ("lozo", {"rank": 2, "nu": 3}), ("lozo_m", {"rank": 2, "nu": 3})])
 def test_state_dict_resumes_exactly(name, hp):
     _, params, loss_fn, _, _ = setup()
