@@ -174,7 +174,9 @@ class ZOSGDSign(ZOMethod):
     Source: Zhang et al. 2024, "Revisiting Zeroth-Order Optimization for Memory-Efficient LLM
     Fine-Tuning: A Benchmark" (ZO-Bench), and its code ZO-Bench/ZO-LLM ``zo-bench/trainer.py``
     (``zo_step``, trainer ``zo_sign_opt``): the update uses sign(projected gradient) times z (the
-    code's active "signOpt_orig"; the elementwise sign(g z) is left commented out there).
+    code's active "signOpt_orig"). ``elementwise=True`` gives the other reading, sign(g z)
+    coordinate by coordinate (the code's commented-out "signOpt_mul_sign", and signSGD applied to
+    the ZO estimate); it needs z elementwise, so it draws z per parameter (GaussianParamNoise).
     Noted, not reproduced: the public code steps the *Trainer's* optimizer with that "gradient",
     and with its default ``--optimizer adamw`` that is Hugging Face's AdamW, not SGD; the paper
     defines the method as the SGD update implemented here. ZO-Bench uses no weight decay (wd 0).
@@ -182,12 +184,28 @@ class ZOSGDSign(ZOMethod):
 
     name = "sign"
 
+    def __init__(self, params, *, eps, weight_decay=0.0, noise=None, elementwise: bool = False):
+        self.elementwise = bool(elementwise)
+        super().__init__(params, eps=eps, weight_decay=weight_decay, noise=noise)
+        if self.elementwise and not isinstance(self.noise, ParamNoise):
+            raise ValueError("elementwise ZO-SGD-Sign needs a per-parameter noise (zo_noise.ParamNoise)")
+
+    def default_noise(self):
+        return GaussianParamNoise() if self.elementwise else zo.default_noise()
+
     def _step(self, loss_fn, seed, lr):
         st = self._spsa(loss_fn, seed)
         if st.skipped:
             return st
-        self.noise.decay_add_(self.params, seed, [-lr * w for w in self.weight_decay],
-                              -lr * float(np.sign(st.grad)))
+        sg = float(np.sign(st.grad))
+        if not self.elementwise:
+            self.noise.decay_add_(self.params, seed, [-lr * w for w in self.weight_decay], -lr * sg)
+            return st
+        for i, (p, w) in enumerate(zip(self.params, self.weight_decay)):
+            upd = self.noise.z(p, i, seed).sign_().mul_(sg)
+            if w:
+                upd.add_(p, alpha=w)
+            p.sub_(upd, alpha=lr)
         return st
 
 

@@ -89,6 +89,17 @@ def test_sign_uses_the_sign_of_the_projected_gradient():
     close(params, theta)
 
 
+def test_sign_elementwise_reading():
+    _, params, loss_fn, L, theta = setup()
+    run(zm.build_method("sign", params, eps=EPS, weight_decay=0.01, elementwise=True), loss_fn, [0.02] * STEPS)
+    noise = GaussianParamNoise()
+    for s in seeds():
+        z = noise.draw_z(theta, s)
+        g = spsa(L, theta, z)
+        theta = [t - 0.02 * (torch.sign(g * zi) + 0.01 * t) for t, zi in zip(theta, z)]
+    close(params, theta)
+
+
 def test_conservative_keeps_the_best_of_three():
     _, params, loss_fn, L, theta = setup()
     lrs = [3.0, 0.05, 8.0, 0.05, 20.0, 3.0, 40.0, 0.1]   # large steps get rejected or reversed
