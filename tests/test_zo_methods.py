@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+import tiny
+
 from src import zo_methods as zm
 from src.zo_backend import FastNoise
 from src.zo_noise import GaussianParamNoise, LowRankNoise, RademacherNoise, sub_seed
@@ -367,7 +369,7 @@ def test_bad_hyperparameters_are_refused():
 
 # ----------------------------------------------------------------------------- tiny RoBERTa
 def _mlm_batch(lo, hi):
-    items = __import__("tiny").mask_dataset(12)[lo:hi]
+    items = tiny.mask_dataset(12)[lo:hi]
     width = max(len(it["input_ids"]) for it in items)
     ids = torch.tensor([it["input_ids"] + [1] * (width - len(it["input_ids"])) for it in items])
     mask = torch.tensor([it["attention_mask"] + [0] * (width - len(it["attention_mask"])) for it in items])
