@@ -414,3 +414,22 @@ def test_gradient_accumulation_on_tiny_roberta(tiny_roberta_dir):
     parts = [(_mlm_loss(mlm_b, 0, 5), 5), (_mlm_loss(mlm_b, 5, 12), 7)]
     run(zm.build_method("mezo", micro, eps=EPS), zm.accumulated_loss(parts), [1e-3] * 2)
     close(micro, [p.detach() for p in full], tol=1e-12)
+
+
+def test_fzoo_batched_forward_on_tiny_roberta(tiny_roberta_dir):
+    """The N perturbed losses in one vmapped RoBERTa forward equal the sequential ones."""
+    mlm, _ = _tiny_mlm(tiny_roberta_dir)
+    named = [(n, p) for n, p in mlm.named_parameters() if "layer.1." in n]     # e.g. one layer
+    names, params = [n for n, _ in named], [p for _, p in named]
+    ids, mask, labels = _mlm_batch(0, 12)
+
+    def loss_of(d):
+        out = functional_call(mlm, d, (), {"input_ids": ids, "attention_mask": mask})
+        return nn.functional.cross_entropy(out.logits[:, 2][:, [10, 20]], labels)
+    method = zm.build_method("fzoo", params, eps=EPS, n=4)
+    seeds_ = method.direction_seeds(5)
+    with torch.no_grad():
+        sequential = method._perturbed_losses(lambda: loss_of({}), seeds_)
+    batched = zm.VmapLosses(names, loss_of)(method.noise, params, seeds_, EPS)
+    assert batched == pytest.approx(sequential, rel=1e-12, abs=0)
+    assert len(set(batched)) == 4
