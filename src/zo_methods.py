@@ -547,6 +547,8 @@ class FZOO(ZOMethod):
         super().__init__(params, eps=eps, weight_decay=weight_decay, noise=noise)
         if n < 2:
             raise ValueError(f"FZOO needs N >= 2 estimates (a standard deviation), got {n}")
+        if not isinstance(self.noise, RademacherNoise):
+            raise ValueError("FZOO's directions are Rademacher (zo_noise.RademacherNoise)")
         self.n = int(n)
         self.batched_losses = batched_losses
         self.last_losses: List[float] = []
@@ -608,6 +610,10 @@ class VmapLosses:
         with torch.no_grad():
             return torch.func.vmap(f)(*stacked).tolist()
 
+
+# Methods whose directions are MeZO's z (the Trainer's FastNoise, with --zo_cache_z, may be passed
+# as ``noise``); the others define their own direction kind.
+FAST_NOISE_METHODS = ("mezo", "sign", "conservative", "momentum")
 
 METHODS = {
     "mezo": MeZO, "sign": ZOSGDSign, "conservative": ZOSGDConservative, "momentum": ZOSGDMomentum,

@@ -361,6 +361,10 @@ def test_bad_hyperparameters_are_refused():
         zm.build_method("nope", params, eps=EPS)
     with pytest.raises(ValueError, match="N >= 2"):
         zm.build_method("fzoo", params, eps=EPS, n=1)
+    with pytest.raises(ValueError, match="Rademacher"):
+        zm.build_method("fzoo", params, eps=EPS, noise=FastNoise())
+    with pytest.raises(ValueError, match="per-parameter"):
+        zm.build_method("adam", params, eps=EPS, noise=FastNoise())
     with pytest.raises(ValueError, match="nu"):
         zm.build_method("lozo", params, eps=EPS, nu=0)
     with pytest.raises(ValueError, match="lozo_m"):
