@@ -16,15 +16,15 @@ import time
 
 import numpy as np
 
-from src.errors import RunError, UsageError, one_line
-from src.model_types import PEFT_MODEL_TYPES, ROBERTA_TYPES
+from mezo.errors import RunError, UsageError, one_line
+from mezo.model_types import PEFT_MODEL_TYPES, ROBERTA_TYPES
 
 logger = logging.getLogger("run")
 
 
 def check_ranges(*groups):
-    """Every numeric flag against its range (src/ranges.py, also shown by --help)."""
-    from src.ranges import bad_field
+    """Every numeric flag against its range (src/mezo/ranges.py, also shown by --help)."""
+    from mezo.ranges import bad_field
     bad = bad_field(*groups)
     if bad:
         flag, value, wording = bad
@@ -33,7 +33,7 @@ def check_ranges(*groups):
 
 def validate(model_args, data_args, training_args, task):
     """Everything that can be checked without loading a model; each failure names its flag or file."""
-    from src import templates
+    from mezo import templates
 
     a = training_args
     check_ranges(model_args, data_args, a)
@@ -72,7 +72,7 @@ def validate(model_args, data_args, training_args, task):
 
 
 def validate_ablations(a, task):
-    """MeZO ablation, momentum and linear-probing flag combinations (ranges: src/ranges.py)."""
+    """MeZO ablation, momentum and linear-probing flag combinations (ranges: src/mezo/ranges.py)."""
     def is_set(flag):
         return getattr(a, flag) not in (False, None, 0)
     zo_only = ("zero_order_use_trainer_optim", "zo_variant", "zo_by_layer", "optimize_acc", "layer_wise_optim",
@@ -116,7 +116,7 @@ def validate_ablations(a, task):
 
 
 def validate_run_control(a):
-    """Step counts, checkpoints and the MeZO skip limit (src/checkpoint.py, src/trainer.py)."""
+    """Step counts, checkpoints and the MeZO skip limit (src/mezo/checkpoint.py, src/mezo/trainer.py)."""
     check_ranges(a)
     if a.resume_from_checkpoint and not a.do_train:
         raise UsageError(f"--resume_from_checkpoint {a.resume_from_checkpoint}: needs --do_train")
@@ -134,7 +134,7 @@ def usable_positions(config):
 
 def template_segments(template) -> int:
     """How many token-type ids a prompt template can emit: one, plus one per *sep+* with tokens after it."""
-    from src import templates
+    from mezo import templates
     pieces = templates.validate_template(template, prompt=True)
     seps = [i for i, p in enumerate(pieces) if p.kind == "special" and p.value == "sep+"]
     return 1 + sum(any(not (q.kind == "literal" and not q.value) for q in pieces[i + 1:]) for i in seps)
@@ -147,8 +147,8 @@ def check_segments(model_args, data_args, task, config):
     table = getattr(config, "type_vocab_size", None)
     if not model_args.prompt or config.model_type in ROBERTA_TYPES or not isinstance(table, int):
         return
-    from src import templates
-    from src.models import DEMO_SEGMENTS
+    from mezo import templates
+    from mezo.models import DEMO_SEGMENTS
     template = data_args.template
     if model_args.few_shot_type == "prompt-demo":
         table = max(table, DEMO_SEGMENTS)
@@ -165,7 +165,7 @@ def check_model(model_args, data_args, training_args, task=None):
     """Model-dependent checks: read the config (not the weights) and check types and lengths against it."""
     from transformers import AutoConfig
 
-    from src.models import load_pretrained
+    from mezo.models import load_pretrained
     config = load_pretrained(AutoConfig, model_args.config_name or model_args.model_name_or_path, model_args.cache_dir)
     flags = [f for f, on in (("--apply_lora", model_args.apply_lora),
                              ("--prefix_tuning", training_args.prefix_tuning)) if on]
@@ -256,7 +256,7 @@ def check_paths(model_args, data_args, training_args):
 
 def resolve_resume(model_args, data_args, training_args):
     """--resume_from_checkpoint: `auto` -> newest checkpoint or None; a path must be a compatible checkpoint."""
-    from src import checkpoint
+    from mezo import checkpoint
     path = checkpoint.resolve(training_args.resume_from_checkpoint, training_args.output_dir)
     if path is not None:
         checkpoint.check_compatible(path, model_args, data_args, training_args)
@@ -270,8 +270,8 @@ NOT_YET = ()
 def setup(argv):
     from transformers import set_seed
 
-    from src.arguments import parse_args
-    from src.tasks import get_task
+    from mezo.arguments import parse_args
+    from mezo.tasks import get_task
 
     model_args, data_args, training_args = parse_args(argv)
     task = get_task(data_args.task_name)
@@ -288,8 +288,8 @@ def setup(argv):
 
 
 def build_data(model_args, data_args, training_args, task, tokenizer):
-    from src import data, templates
-    from src.tasks import check_k_shot
+    from mezo import data, templates
+    from mezo.tasks import check_k_shot
 
     prompt = model_args.prompt
     demo = model_args.few_shot_type == "prompt-demo"
@@ -327,7 +327,7 @@ def build_data(model_args, data_args, training_args, task, tokenizer):
 
 
 def metric_fn(task):
-    from src.data import average_over_samples
+    from mezo.data import average_over_samples
 
     def compute(pred, num_sample):
         logits, labels = average_over_samples(pred.predictions, pred.label_ids, num_sample)
@@ -354,10 +354,10 @@ def run(argv=None) -> int:
     start = time.time()
     model_args, data_args, training_args, task, resume = setup(argv)
 
-    from src import models, peft, results
-    from src.data import Collator
-    from src.tasks import dev_objective
-    from src.trainer import MezoTrainer
+    from mezo import models, peft, results
+    from mezo.data import Collator
+    from mezo.tasks import dev_objective
+    from mezo.trainer import MezoTrainer
 
     tokenizer = models.load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                       model_args.cache_dir)
@@ -378,7 +378,7 @@ def run(argv=None) -> int:
 
     summary = {}
     if training_args.trainer == "linearhead" or training_args.from_linearhead:
-        from src.linearhead import fit_linear_head
+        from mezo.linearhead import fit_linear_head
         summary.update(fit_linear_head(trainer, model, datasets.get("train"), task, training_args) or {})
     train_start = time.time()
     if training_args.do_train and training_args.trainer != "linearhead":
@@ -391,7 +391,7 @@ def run(argv=None) -> int:
     if training_args.save_at_last and trainer.is_world_process_zero():
         save_trainable(model, training_args.output_dir)
     if training_args.save_model and trainer.is_world_process_zero():
-        from src import export
+        from mezo import export
         print(f"model saved to {export.save(model, tokenizer, datasets, task, model_args, data_args, training_args)}")
 
     dev_metrics = test_metrics = None
@@ -434,7 +434,7 @@ def save_trainable(model, output_dir):
 
 
 def save_logits(trainer, dataset, data_args, training_args):
-    from src.data import average_over_samples
+    from mezo.data import average_over_samples
     pred = trainer.predict(dataset)
     logits, _ = average_over_samples(pred.predictions, pred.label_ids, dataset.num_sample)
     folder = training_args.save_logit_dir or training_args.output_dir

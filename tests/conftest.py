@@ -1,13 +1,10 @@
 import os
-import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import tiny  # noqa: E402
+import tiny
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +14,7 @@ def repo_root():
 
 @pytest.fixture(scope="session")
 def splade_dir():
-    from src.embedded import embedded_model_dir
+    from mezo.embedded import embedded_model_dir
     return embedded_model_dir()
 
 

@@ -16,7 +16,7 @@ import tiny
 import torch
 
 import run
-from src import checkpoint
+from mezo import checkpoint
 
 TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
 MAPPING = "{0:'terrible',1:'great'}"
@@ -28,9 +28,8 @@ VOLATILE = {"time", "output_dir", "wall_time_s", "train_steps_per_s", "peak_memo
 # outside kill lands mid-training, or kills itself with SIGKILL at a chosen point of a checkpoint write.
 DRIVER = r"""
 import os, signal, sys, time
-sys.path.insert(0, os.getcwd())
 import run
-from src import checkpoint
+from mezo import checkpoint
 mode = os.environ.get("KILL_MODE", "")
 def die():
     os.kill(os.getpid(), signal.SIGKILL)

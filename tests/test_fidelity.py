@@ -13,12 +13,12 @@ from transformers import AutoModelForMaskedLM
 import tiny
 
 import run
-from src import data, zo
-from src.arguments import MezoTrainingArguments, parse_args
-from src.data import Collator
-from src.models import PromptMLM
-from src.tasks import get_task
-from src.trainer import BestDevCallback, MezoTrainer
+from mezo import data, zo
+from mezo.arguments import MezoTrainingArguments, parse_args
+from mezo.data import Collator
+from mezo.models import PromptMLM
+from mezo.tasks import get_task
+from mezo.trainer import BestDevCallback, MezoTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -160,7 +160,7 @@ def test_weight_decay_groups_are_the_originals(tmp_path, tiny_roberta_dir):
 def test_original_adamw_against_the_rule_in_float64():
     """transformers-4 AdamW: eps added to sqrt(v) before the bias correction (folded into the step
     size); decoupled decay applied after the update. torch's AdamW gives other numbers."""
-    from src.optim import OriginalAdamW
+    from mezo.optim import OriginalAdamW
     rng = np.random.RandomState(0)
     theta0 = rng.randn(5)
     grads = [rng.randn(5) * s for s in (1e-7, 1.0, 1e-3)]   # tiny gradients: where eps placement matters
@@ -185,7 +185,7 @@ def test_original_adamw_against_the_rule_in_float64():
 
 @pytest.mark.parametrize("torch_adamw", [False, True])
 def test_adam_choice(tmp_path, tiny_roberta_dir, torch_adamw):
-    from src.optim import OriginalAdamW
+    from mezo.optim import OriginalAdamW
     opt = _trainer(tmp_path, _model(tiny_roberta_dir), torch_adamw=torch_adamw).create_optimizer()
     assert type(opt) is (torch.optim.AdamW if torch_adamw else OriginalAdamW)
 

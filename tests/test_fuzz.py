@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import tiny
 
 import run
-from src.tasks import PANDAS_NA, get_task
+from mezo.tasks import PANDAS_NA, get_task
 
 TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
 MAPPING = "{0:'terrible',1:'great'}"

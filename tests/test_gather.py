@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from src import results
-from tools import gather_result
+from mezo import results
+from mezo import gather as gather_result
 
 NAN = float("nan")
 

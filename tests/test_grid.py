@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from src import results
+from mezo import results
 from tools import grid, report
 
 
@@ -234,7 +234,7 @@ def _cluster_argv(tmp_path, *extra):
 FAKE_RUN = """import os, sys, time
 sys.path.insert(0, {tests!r})
 from test_grid import fake_record
-from src import results
+from mezo import results
 time.sleep(1.0)  # long enough for the test to cancel the job first
 args = sys.argv[1:]
 results.append_record(args[args.index("--log_file") + 1], dict(fake_record(os.environ, args), argv=args))

@@ -1,4 +1,4 @@
-"""LoRA surgery (src/lora.py): hand computation, no eval-mode merging, freezing, Adam and MeZO steps."""
+"""LoRA surgery (src/mezo/lora.py): hand computation, no eval-mode merging, freezing, Adam and MeZO steps."""
 import math
 import types
 
@@ -9,9 +9,9 @@ import tiny
 import torch
 from transformers import AutoModelForMaskedLM
 
-from src.errors import UsageError
-from src.lora import inject_lora, lora_parameter_count
-from src.models import PromptMLM, count_trainable, set_trainable
+from mezo.errors import UsageError
+from mezo.lora import inject_lora, lora_parameter_count
+from mezo.models import PromptMLM, count_trainable, set_trainable
 
 WORDS = [5, 6]
 
@@ -43,8 +43,8 @@ def _lora_layers(model):
 
 
 def mezo_step(params, loss_fn, seed, eps=1e-3, lr=1e-2):
-    """src/zo.py's step (the trainer's)."""
-    from src import zo
+    """src/mezo/zo.py's step (the trainer's)."""
+    from mezo import zo
     return zo.mezo_step(params, loss_fn, zo.default_noise(), seed, eps=eps, lr=lr)
 
 

@@ -8,8 +8,8 @@ import pytest
 
 import run
 import tiny
-from src import monitor, zo
-from src.zo import ZOStep
+from mezo import monitor, zo
+from mezo.zo import ZOStep
 
 TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
 MAPPING = "{0:'terrible',1:'great'}"

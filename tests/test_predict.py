@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 import run
 import tiny
-from src import export
-from src.tasks import get_task
+from mezo import export
+from mezo.tasks import get_task
 from tools import predict
 
 TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"

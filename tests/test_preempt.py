@@ -15,7 +15,7 @@ import tiny
 import torch
 
 import run
-from src import checkpoint
+from mezo import checkpoint
 
 TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
 MAPPING = "{0:'terrible',1:'great'}"
@@ -31,9 +31,8 @@ VOLATILE = {"time", "output_dir", "wall_time_s", "train_steps_per_s", "peak_memo
 # The signal still goes through the OS (os.kill) to the handler run.py installed, as an external one would.
 DRIVER = r"""
 import os, signal, sys
-sys.path.insert(0, os.getcwd())
 import run
-from src import checkpoint
+from mezo import checkpoint
 at = int(os.environ.get("PREEMPT_AT", "0"))
 sig = getattr(signal, os.environ.get("PREEMPT_SIGNAL", "SIGTERM"))
 def begin(self, args, state, control, **kw):

@@ -1,4 +1,4 @@
-"""Prefix tuning (src/prefix.py): attention over [prefix; sequence] by hand, mask extension with
+"""Prefix tuning (src/mezo/prefix.py): attention over [prefix; sequence] by hand, mask extension with
 padding, eager and SDPA, parameter counts, real-activation init, Adam and MeZO steps."""
 import types
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from src.errors import UsageError
-from src.models import PromptMLM, count_trainable, set_trainable
-from src.prefix import EMBED_DIM, MID_DIM, inject_prefix
+from mezo.errors import UsageError
+from mezo.models import PromptMLM, count_trainable, set_trainable
+from mezo.prefix import EMBED_DIM, MID_DIM, inject_prefix
 
 WORDS = [5, 6]
 P = 3
@@ -42,8 +42,8 @@ def _batch(seed=0, batch=4, length=9, vocab=300, pad_id=1):
 
 
 def mezo_step(params, loss_fn, seed, eps=1e-3, lr=1e-2):
-    """src/zo.py's step (the trainer's)."""
-    from src import zo
+    """src/mezo/zo.py's step (the trainer's)."""
+    from mezo import zo
     return zo.mezo_step(params, loss_fn, zo.default_noise(), seed, eps=eps, lr=lr)
 
 

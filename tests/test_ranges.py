@@ -1,4 +1,4 @@
-"""Every flag has a stated range (src/ranges.py): the table covers every field, its boundaries are the ones
+"""Every flag has a stated range (src/mezo/ranges.py): the table covers every field, its boundaries are the ones
 restated literally below, and --help shows them."""
 import dataclasses
 import subprocess
@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 from transformers import TrainingArguments
 
-from src.arguments import DataArguments, MezoTrainingArguments, ModelArguments
-from src.ranges import NO_RANGE, RANGES, bad_field
+from mezo.arguments import DataArguments, MezoTrainingArguments, ModelArguments
+from mezo.ranges import NO_RANGE, RANGES, bad_field
 
 nan, inf = float("nan"), float("inf")
 # field: (values that must be refused, values that must pass) - the ranges restated by hand.
@@ -82,7 +82,7 @@ def test_every_field_has_a_range_or_a_reason_exactly_once():
 
 
 def test_help_states_every_range(repo_root):
-    from src.arguments import build_parser
+    from mezo.arguments import build_parser
     helps = {a.dest: a.help for a in build_parser()._actions}
     out = " ".join(subprocess.run([sys.executable, "run.py", "--help"], cwd=repo_root, capture_output=True,
                                   text=True).stdout.split())

@@ -3,7 +3,7 @@ import io
 
 import pytest
 
-from src import results
+from mezo import results
 from tools import report
 
 

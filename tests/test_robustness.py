@@ -13,9 +13,9 @@ import torch
 from transformers import TrainerCallback
 
 import run
-from src import results
-from src.errors import TrainingDiverged
-from src.trainer import MezoTrainer, skip_limit
+from mezo import results
+from mezo.errors import TrainingDiverged
+from mezo.trainer import MezoTrainer, skip_limit
 
 TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
 MAPPING = "{0:'terrible',1:'great'}"
@@ -116,7 +116,7 @@ BAD = [
      "--output_dir {tmp}/ckfile: checkpoint-2 is a file where checkpoints go"),
     ("resume-damaged", ["--resume_from_checkpoint", "{tmp}/ckbad/checkpoint-3", "--output_dir", "{tmp}/ckbad"],
      "--resume_from_checkpoint {tmp}/ckbad/checkpoint-3: damaged checkpoint (trainable_params.pt is damaged"),
-    # ranges (src/ranges.py) and argparse's own errors, one line each
+    # ranges (src/mezo/ranges.py) and argparse's own errors, one line each
     ("seed-negative", ["--seed", "-1"], "--seed -1: must be an integer in [0, 4294967295]"),
     ("seed-too-big", ["--seed", "4294967296"], "--seed 4294967296: must be an integer in [0, 4294967295]"),
     ("seed-not-int", ["--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
@@ -171,8 +171,7 @@ def test_bad_input_exit_2_one_line_log_byte_identical(tmp_path, data_dir, model_
 # ----- the log under concurrency ---------------------------------------------------------------
 WRITER = """
 import sys
-sys.path.insert(0, {root!r})
-from src.results import append_record
+from mezo.results import append_record
 w = int(sys.argv[1])
 for i in range(50):
     append_record(sys.argv[2], {{"task_name": "uci-sentiment", "writer": w, "i": i, "seed": w, "tag": "c",
@@ -213,9 +212,9 @@ def test_eight_writers_400_whole_lines_then_gather_skips_damage(tmp_path, repo_r
 def _zo_trainer(tmp_path, tiny_roberta_dir, **kw):
     from transformers import AutoModelForMaskedLM
 
-    from src.arguments import MezoTrainingArguments
-    from src.data import Collator
-    from src.models import PromptMLM
+    from mezo.arguments import MezoTrainingArguments
+    from mezo.data import Collator
+    from mezo.models import PromptMLM
 
     torch.manual_seed(0)
     model = PromptMLM(AutoModelForMaskedLM.from_pretrained(tiny_roberta_dir), 2, [10, 20])
@@ -298,7 +297,7 @@ def test_skip_threshold_run_exits_3_log_untouched(tmp_path, data_dir, capsys, mo
 # ----- a finished run's record is never lost --------------------------------------------------------
 def test_record_kept_next_to_outputs_when_the_log_breaks_during_the_run(tmp_path, data_dir, capsys, monkeypatch):
     """The log passes the checks before training, then turns into a folder: exit 4, record in output_dir."""
-    from src import checkpoint
+    from mezo import checkpoint
     log, out = tmp_path / "log", tmp_path / "out"
     log.write_bytes(LOG_BEFORE)
 

@@ -6,11 +6,11 @@ from transformers import AutoModelForMaskedLM
 
 import tiny
 
-from src.zo_backend import FastNoise
-from src.arguments import MezoTrainingArguments
-from src.data import Collator
-from src.models import PromptMLM
-from src.trainer import BestDevCallback, MezoTrainer
+from mezo.zo_backend import FastNoise
+from mezo.arguments import MezoTrainingArguments
+from mezo.data import Collator
+from mezo.models import PromptMLM
+from mezo.trainer import BestDevCallback, MezoTrainer
 
 
 _dataset = tiny.mask_dataset

@@ -1,4 +1,4 @@
-"""src/zo.py's MeZO step with the fast backend (src/zo_backend.py) against a literal, unfused
+"""src/mezo/zo.py's MeZO step with the fast backend (src/mezo/zo_backend.py) against a literal, unfused
 implementation of spec §5.2 and against the literal noise backend (zo.PlainNoise)."""
 import math
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from src import zo_backend as zo
-from src.zo import PlainNoise, ZOStep
-from src.zo import mezo_step as zo_step
-from src.zo_backend import FastNoise
+from mezo import zo_backend as zo
+from mezo.zo import PlainNoise, ZOStep
+from mezo.zo import mezo_step as zo_step
+from mezo.zo_backend import FastNoise
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

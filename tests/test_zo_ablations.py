@@ -1,5 +1,5 @@
 """MeZO ablations: the trainer-optimizer path, n-SPSA, block variants, ZO-by-layer, layer-wise
-selection, the accuracy objective, the forward-count stop, and the flag checks (src/zo_ablations.py)."""
+selection, the accuracy objective, the forward-count stop, and the flag checks (src/mezo/zo_ablations.py)."""
 import math
 
 import numpy as np
@@ -11,15 +11,15 @@ from transformers import AutoModelForMaskedLM
 import tiny
 
 import run
-from src import zo_ablations
-from src.zo_backend import FastNoise
-from src.arguments import MezoTrainingArguments, parse_args
-from src.data import Collator
-from src.errors import UsageError
-from src.models import PromptMLM
-from src.optim import OriginalAdamW
-from src.tasks import get_task
-from src.trainer import MezoTrainer
+from mezo import zo_ablations
+from mezo.zo_backend import FastNoise
+from mezo.arguments import MezoTrainingArguments, parse_args
+from mezo.data import Collator
+from mezo.errors import UsageError
+from mezo.models import PromptMLM
+from mezo.optim import OriginalAdamW
+from mezo.tasks import get_task
+from mezo.trainer import MezoTrainer
 
 LR, EPS, SEED = 1e-2, 1e-3, 3
 

@@ -1,4 +1,4 @@
-"""The zeroth-order family (src/zo_methods.py, src/zo_noise.py) against literal re-statements.
+"""The zeroth-order family (src/mezo/zo_methods.py, src/mezo/zo_noise.py) against literal re-statements.
 
 Each method runs several steps in place on a tiny float64 MLP; the test re-states the paper's /
 code's update rule on an explicit parameter list (losses evaluated functionally at theta +- eps z,
@@ -16,9 +16,9 @@ from torch.func import functional_call
 
 import tiny
 
-from src import zo_methods as zm
-from src.zo_backend import FastNoise
-from src.zo_noise import GaussianParamNoise, LowRankNoise, RademacherNoise, sub_seed
+from mezo import zo_methods as zm
+from mezo.zo_backend import FastNoise
+from mezo.zo_noise import GaussianParamNoise, LowRankNoise, RademacherNoise, sub_seed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

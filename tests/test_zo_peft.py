@@ -5,11 +5,11 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from src import zo
-from src.zo_backend import FastNoise
-from src.lora import inject_lora
-from src.models import PromptMLM
-from src.prefix import inject_prefix
+from mezo import zo
+from mezo.zo_backend import FastNoise
+from mezo.lora import inject_lora
+from mezo.models import PromptMLM
+from mezo.prefix import inject_prefix
 
 
 def _model(path, kind):

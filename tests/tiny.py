@@ -53,7 +53,7 @@ def build_tiny_bert(out_dir: str, seed: int = 0, **config_overrides):
     """Random 2-layer BertForMaskedLM (hidden 32) with the embedded model's WordPiece vocab."""
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-    from src.embedded import embedded_model_dir
+    from mezo.embedded import embedded_model_dir
 
     tok = AutoTokenizer.from_pretrained(embedded_model_dir())
     tok.save_pretrained(out_dir)

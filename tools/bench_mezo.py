@@ -6,13 +6,13 @@
     python tools/bench_mezo.py --quick               # tiny model, batch 4 x 16, 2 reps (CI smoke test)
 
 The model is a randomly initialised RobertaForMaskedLM of the chosen shape (nothing is
-downloaded) wrapped as the project's prompt-based classifier (src/models.py: loss = cross-entropy
+downloaded) wrapped as the project's prompt-based classifier (src/mezo/models.py: loss = cross-entropy
 over two label words at the mask). All parameters are trainable, as in full MeZO. Measured, each
 after a warm-up and as the median over --reps repetitions run interleaved (so that other load on
 the machine hits every variant alike):
 
   fwd        one ZO forward (eval mode, no_grad)
-  default    src.zo.mezo_step with FastNoise (three noise passes; restore and update fused)
+  default    mezo.zo.mezo_step with FastNoise (three noise passes; restore and update fused)
   cache      the same with FastNoise(cache_z=True) (one noise draw; one extra copy of the parameters)
   reference  the reference's step: torch.manual_seed(s) + torch.normal per parameter, four
              regenerations, out-of-place `p.data = p.data + ...` updates
@@ -34,10 +34,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
+import torch
 
 SHAPES = {
     "large": dict(vocab_size=50265, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
@@ -63,7 +61,7 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's choice); noise workers follow")
     ap.add_argument("--workers", type=int, default=None,
-                    help="noise threads for src.zo (default: torch.get_num_threads())")
+                    help="noise threads for mezo.zo (default: torch.get_num_threads())")
     ap.add_argument("--no_memory", action="store_true", help="skip the memory measurements")
     ap.add_argument("--quick", action="store_true", help="tiny shape, batch 4, length 16, 2 reps")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
@@ -77,7 +75,7 @@ def parse_args(argv=None):
 
 # ---------------------------------------------------------------------------- model and batch
 class _LocalPromptMLM(torch.nn.Module):
-    """Fallback when src/models.py is unusable: loss at the mask over two label words."""
+    """Fallback when src/mezo/models.py is unusable: loss at the mask over two label words."""
 
     def __init__(self, mlm, label_word_ids):
         super().__init__()
@@ -106,8 +104,8 @@ def build(args):
     mlm = RobertaForMaskedLM(cfg)
     words = [cfg.vocab_size // 3, 2 * cfg.vocab_size // 3]
     try:
-        from src.models import PromptMLM
-        model, wrapper = PromptMLM(mlm, 2, label_word_ids=words), "src.models.PromptMLM"
+        from mezo.models import PromptMLM
+        model, wrapper = PromptMLM(mlm, 2, label_word_ids=words), "mezo.models.PromptMLM"
     except Exception:   # the benchmark must not depend on the rest of the project being ready
         model, wrapper = _LocalPromptMLM(mlm, words), "local"
     model = model.to(device=args.device, dtype=DTYPES[args.dtype]).eval()
@@ -178,13 +176,13 @@ def _reset_peak_rss():
 def child_memory(args, what):
     """Run in a fresh process: peak memory of one operation, returned as JSON on stdout."""
     import transformers  # noqa: F401  (libraries are not part of the footprint)
-    from src import zo
+    from mezo import zo
     try:
-        import src.models  # noqa: F401
+        import mezo.models  # noqa: F401
     except Exception:
         pass
 
-    from src.zo_backend import FastNoise
+    from mezo.zo_backend import FastNoise
     eng = FastNoise(args.workers, cache_z=(what == "cache"))
     cuda = args.device == "cuda"
     before = torch.cuda.memory_allocated() if cuda else _status_kb("VmRSS")
@@ -239,8 +237,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args._child:
         return child_memory(args, args._child.split(":", 1)[1])
-    from src import zo
-    from src.zo_backend import FastNoise
+    from mezo import zo
+    from mezo.zo_backend import FastNoise
 
     eng, cached = FastNoise(args.workers), FastNoise(args.workers, cache_z=True)
     t0 = time.perf_counter()

@@ -41,11 +41,9 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import pandas as pd
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from src.errors import UsageError  # noqa: E402
-from src.tasks import TASKS  # noqa: E402
+from mezo.errors import UsageError
+from mezo.tasks import TASKS
 
 GLUE_TASKS = ["MNLI", "MRPC", "QNLI", "QQP", "RTE", "SNLI", "SST-2", "STS-B", "WNLI", "CoLA"]
 CSV_TASKS = ["sst-5", "mr", "cr", "mpqa", "subj", "trec", "uci-sentiment"]

@@ -79,11 +79,9 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from src.errors import UsageError  # noqa: E402
-from src.catalog import (DEFAULT_STEPS, LORA, METHOD_NAMES, PREFIX, SEEDS, TAG_SUFFIXES,  # noqa: E402,F401
+from mezo.errors import UsageError
+from mezo.catalog import (DEFAULT_STEPS, LORA, METHOD_NAMES, PREFIX, SEEDS, TAG_SUFFIXES,  # noqa: F401
                          TASKS, Method, methods)
 
 # Grid axes: short name -> (env var, record field).
@@ -241,7 +239,7 @@ def is_done(run: Run, records) -> bool:
 
 
 def read_log(path: str):
-    from src.results import read_records
+    from mezo.results import read_records
     return read_records(path) if os.path.isfile(path) else []
 
 

@@ -4,7 +4,7 @@
     python tools/predict.py --model DIR --file sentences.txt           # one sentence per line
     python tools/predict.py --model DIR --pair "A man sleeps.<TAB>Nobody sleeps."   # RTE, MNLI, ...
 
-Inputs are rendered with the run's own template code (src/data.py, src/templates.py) from the
+Inputs are rendered with the run's own template code (src/mezo/data.py, src/mezo/templates.py) from the
 template, label words and length limits stored in the folder's mezo_export.json. One line per
 input: the predicted label (and its label word), the probability of every label, the input; for
 a regression task (STS-B) the score. --json prints one JSON object per line instead.
@@ -15,10 +15,8 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from src.errors import UsageError  # noqa: E402
+from mezo.errors import UsageError
 
 
 def read_inputs(sentences, file, pair: bool):
@@ -46,8 +44,8 @@ def read_inputs(sentences, file, pair: bool):
 def predict(model, texts, batch_size=32):
     """[(label, {label name: probability}, logits)] for each text (label = score for regression).
 
-    `model`: an export folder or an already loaded `src.export.Exported`."""
-    from src import export
+    `model`: an export folder or an already loaded `mezo.export.Exported`."""
+    from mezo import export
     exp = model if isinstance(model, export.Exported) else export.load(model)
     logits = export.predict_logits(exp, texts, batch_size)
     if exp.task.output_mode == "regression":
@@ -77,7 +75,7 @@ def main(argv=None, out=None) -> int:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     a = p.parse_args(argv)
     try:
-        from src import export
+        from mezo import export
         meta = export.read_meta(a.model)
         if meta["pair"] != a.pair:
             raise UsageError(f"--pair: the model was trained on {'sentence pairs' if meta['pair'] else 'single sentences'} "

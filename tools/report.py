@@ -37,13 +37,11 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from src.catalog import METHOD_NAMES, TAG_SUFFIXES  # noqa: E402
-from src.errors import UsageError  # noqa: E402
-from src.results import read_records  # noqa: E402
-from tools.gather_result import derive_keys, gather  # noqa: E402
+from mezo.catalog import METHOD_NAMES, TAG_SUFFIXES
+from mezo.errors import UsageError
+from mezo.results import read_records
+from mezo.gather import derive_keys, gather
 
 PAPER_TASKS = ("sst-2", "sst-5", "snli", "mnli", "rte", "trec")
 PAPER_TASK_NAMES = {"sst-2": "SST-2", "sst-5": "SST-5", "snli": "SNLI", "mnli": "MNLI", "rte": "RTE",

@@ -1,6 +1,6 @@
 """Watching a MeZO run live: its own scalars in the Trainer's logs, a progress bar that says something.
 
-`StepMonitor` collects every MeZO step's outcome (src/zo.py `ZOStep`: loss₊, loss₋, projected
+`StepMonitor` collects every MeZO step's outcome (src/mezo/zo.py `ZOStep`: loss₊, loss₋, projected
 gradient, skipped) between two logging steps; `MezoTrainer.log` hands each training log to
 `extend`, which adds their means, the number of skipped steps so far and the examples per second
 of the window's updates (timed from step begin to step end: evaluations and logging excluded). The stock loop then passes the log to every `--report_to` integration
@@ -81,7 +81,7 @@ class MezoProgressCallback(ProgressCallback):
 
     def __init__(self, best):
         super().__init__()
-        self.best = best  # src/trainer.py BestDevCallback: runs before this callback, holds the dev curve
+        self.best = best  # src/mezo/trainer.py BestDevCallback: runs before this callback, holds the dev curve
 
     def on_train_begin(self, args, state, control, **kw):
         super().on_train_begin(args, state, control, **kw)

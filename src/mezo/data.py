@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, RandomSampler
 
-from src.errors import UsageError
-from src.templates import render, render_finetune, validate_template
+from .errors import UsageError
+from .templates import render, render_finetune, validate_template
 
 SPLITS = ("train", "dev", "test")
 
@@ -40,7 +40,7 @@ def example_sentences(example) -> list[str]:
 
 def _get_task(task):
     if isinstance(task, str):
-        from src.tasks import get_task
+        from .tasks import get_task
         return get_task(task)
     return task
 

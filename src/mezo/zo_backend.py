@@ -1,4 +1,4 @@
-"""The fast noise backend of the MeZO step (src/zo.py): z(seed) drawn and applied in place, in chunks.
+"""The fast noise backend of the MeZO step (src/mezo/zo.py): z(seed) drawn and applied in place, in chunks.
 
 A step runs 100,000 times per run and its noise passes compete with two forward passes, so
 everything here is in place, chunked and allocation-light. ``FastNoise`` implements the three

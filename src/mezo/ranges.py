@@ -1,6 +1,6 @@
 """The allowed range of every numeric flag: one table, checked before anything is loaded, shown in --help.
 
-`RANGES` maps a field of the three argument groups (src/arguments.py) to (test, wording). The
+`RANGES` maps a field of the three argument groups (src/mezo/arguments.py) to (test, wording). The
 wording is appended to the flag's --help text (`annotate`) and quoted in the one-line error, so
 the help and the check cannot disagree. `NO_RANGE` lists, with the reason, the fields of the
 project's own groups that need no numeric range (switches, choices checked elsewhere, paths
@@ -83,7 +83,7 @@ NO_RANGE = {
     "paths (run.check_paths / the loaders)": (
         "model_name_or_path", "config_name", "tokenizer_name", "cache_dir", "data_dir", "log_file",
         "save_logit_dir", "demo_filter_model"),
-    "choices or syntax checked in run.validate / src/templates.py": (
+    "choices or syntax checked in run.validate / src/mezo/templates.py": (
         "few_shot_type", "task_name", "template", "mapping", "optimizer", "trainer",
         "zero_order_sample_scheduler", "zo_variant", "lr_scheduler_type"),
     "switches": (

@@ -1,4 +1,4 @@
-"""The zeroth-order methods that followed MeZO, each one class on the one SPSA step (src/zo.py).
+"""The zeroth-order methods that followed MeZO, each one class on the one SPSA step (src/mezo/zo.py).
 
 Every method answers the same small interface, so the Trainer (or your own loop) runs any of them:
 
@@ -14,7 +14,7 @@ Every method answers the same small interface, so the Trainer (or your own loop)
   size in numbers (MeZO, sign, conservative, FZOO: 0).
 
 Where a method is an SPSA variant it *is* ``zo.mezo_step``: either with a new kind of direction
-(a ``zo.Noise`` from src/zo_noise.py: LOZO's U V^T, HiZOO's Sigma^{1/2} z) and the fused update, or
+(a ``zo.Noise`` from src/mezo/zo_noise.py: LOZO's U V^T, HiZOO's Sigma^{1/2} z) and the fused update, or
 with ``lr=0`` (perturb, two losses, restore) followed by the method's own update pass. Directions
 are regenerated from the seed in every pass, never stored.
 

@@ -1,12 +1,12 @@
 """The Hugging Face Trainer, extended at its seams for MeZO and for best-dev model selection.
 
 Back-propagation (the paper's FT rows) is the stock training loop untouched. MeZO replaces only
-`training_step`: two forward passes around an in-place, seeded perturbation (src/zo.py), and
+`training_step`: two forward passes around an in-place, seeded perturbation (src/mezo/zo.py), and
 the update applied there; the optimizer the loop then steps is a parameter-less placeholder that
 only carries the learning rate for the scheduler. The loop, logging, progress bar and stopping
 are the stock ones, so exactly `max_steps` updates happen.
 
-With `--zero_order_use_trainer_optim` (ablations, src/zo_ablations.py) `training_step` instead
+With `--zero_order_use_trainer_optim` (ablations, src/mezo/zo_ablations.py) `training_step` instead
 adds the SPSA estimate to `.grad` and the stock optimizer, scheduler, accumulation and (only with
 `--zero_order_clip_grad`) clipping do the rest.
 """
@@ -177,7 +177,7 @@ class MezoTrainer(Trainer):
         self.epoch_sampler_state = None     # (epoch, generator state) as the current epoch began
         self.resume_sampler_state = None    # the same, read from a checkpoint being resumed
         self.add_callback(EpochSamplerState(self))
-        self.add_callback(checkpoint.PreemptCallback(self))  # SIGTERM/SIGINT -> checkpoint, stop (src/preempt.py)
+        self.add_callback(checkpoint.PreemptCallback(self))  # SIGTERM/SIGINT -> checkpoint, stop (src/mezo/preempt.py)
         self.add_callback(SkipLimitCallback(self))
         self.monitor = monitor.install(self)  # MeZO scalars in the logs, dev score on the progress bar
         a = self.args
@@ -216,7 +216,7 @@ class MezoTrainer(Trainer):
 
     @staticmethod
     def get_optimizer_cls_and_kwargs(args, model=None):
-        """`--optimizer adam`: the original's AdamW (src/optim.py) unless --torch_adamw."""
+        """`--optimizer adam`: the original's AdamW (src/mezo/optim.py) unless --torch_adamw."""
         if args.optimizer == "adam" and not args.torch_adamw:
             return OriginalAdamW, {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2),
                                    "eps": args.adam_epsilon}
@@ -281,7 +281,7 @@ class MezoTrainer(Trainer):
         self.zo_ab.maybe_consts(lambda: self.zo_forward(model, inputs), with_grad, self._zo_next_seed)
 
     def zo_ablation_direct_step(self, model, inputs):
-        """Direct MeZO update with --layer_wise_optim / --zo_variant (src/zo_ablations.py)."""
+        """Direct MeZO update with --layer_wise_optim / --zo_variant (src/mezo/zo_ablations.py)."""
         self._zo_block_constants(model, inputs)
         seed = self._zo_next_seed()
         step = self.zo_ab.direct_step(lambda: self.zo_forward(model, inputs), seed=seed,
@@ -311,10 +311,10 @@ class MezoTrainer(Trainer):
         return super()._wrap_model(model, training, dataloader)
 
     def log(self, logs, *args, **kwargs):
-        """Training logs carry the MeZO step's own scalars to every --report_to integration (src/monitor.py)."""
+        """Training logs carry the MeZO step's own scalars to every --report_to integration (src/mezo/monitor.py)."""
         super().log(self.monitor.extend(logs), *args, **kwargs)
 
-    # ----- checkpoints (src/checkpoint.py): atomic, trainable parameters only, exact resume -----
+    # ----- checkpoints (src/mezo/checkpoint.py): atomic, trainable parameters only, exact resume -----
     def _save_checkpoint(self, model, trial):
         checkpoint.save(self, trial)
 

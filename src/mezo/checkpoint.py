@@ -21,7 +21,7 @@ epoch e by `seed + e`). This module replaces only what the stock code gets wrong
   every file it lists has the recorded size, and every torch file passes its zip CRC check.
   `auto` skips a damaged newest checkpoint with a warning and takes the one before; an explicit
   damaged path is a usage error.
-* Preemption (src/preempt.py, re-exported here): SIGTERM/SIGINT writes one more checkpoint at the
+* Preemption (src/mezo/preempt.py, re-exported here): SIGTERM/SIGINT writes one more checkpoint at the
   end of the step in flight and stops the run.
 * No checkpoint is written at the last step: resuming there would need the stock loop to run zero
   steps mid-epoch, which it cannot; a run killed during its final evaluation redoes at most
@@ -236,7 +236,7 @@ def extra_state(trainer) -> dict:
         "counters": {k: int(getattr(trainer, k)) for k in ("zo_skipped", "zo_forwards") if hasattr(trainer, k)},
         # the data-order generator as the current epoch began (MezoTrainer.get_train_dataloader)
         "sampler": getattr(trainer, "epoch_sampler_state", None),
-        # MeZO ablation state (src/zo_ablations.py), if that object exposes state_dict/load_state_dict
+        # MeZO ablation state (src/mezo/zo_ablations.py), if that object exposes state_dict/load_state_dict
         "zo_ab": trainer.zo_ab.state_dict() if hasattr(getattr(trainer, "zo_ab", None), "state_dict") else None,
         "best": {"score": None if best.best_score is None else float(best.best_score),
                  "step": best.best_step, "weights": best.best_state,

@@ -28,7 +28,7 @@ What lives here:
   (re)computation at epoch starts and stops training after ``--max_zo_forward_steps``.
 
 Every SPSA pair here is ``zo.mezo_step`` with per-parameter scales. z depends on the *list* of
-parameters (src/zo_backend.py), so each pair perturbs, restores and accumulates with one list.
+parameters (src/mezo/zo_backend.py), so each pair perturbs, restores and accumulates with one list.
 """
 import logging
 import math

@@ -64,7 +64,7 @@ import logging
 import re
 from typing import NamedTuple, Optional, Sequence
 
-from src.errors import UsageError
+from .errors import UsageError
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ merging MeZO-LoRA would perturb A and B without any effect on the loss (spec §9
 layers are therefore built with `merge_weights=False`, and `inject_lora` checks it.
 
 Parameter names gain `.lora_A` / `.lora_B` (e.g. `roberta.encoder.layer.0.attention.self.query.lora_A`),
-which is what the freezing rules (src/models.py `set_trainable`) look for.
+which is what the freezing rules (src/mezo/models.py `set_trainable`) look for.
 """
 import loralib
 import torch

@@ -306,7 +306,7 @@ def _one_line_error(message):
 def build_parser() -> HfArgumentParser:
     from .ranges import annotate
     parser = HfArgumentParser((ModelArguments, DataArguments, MezoTrainingArguments))
-    annotate(parser)  # --help states every range (src/ranges.py)
+    annotate(parser)  # --help states every range (src/mezo/ranges.py)
     parser.error = _one_line_error
     return parser
 

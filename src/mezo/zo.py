@@ -5,7 +5,7 @@
 
 z ~ N(0, I) is never stored: every pass regenerates it from the seed, so MeZO needs no memory
 beyond inference. ``mezo_step`` below is that algorithm, line by line, against a small ``Noise``
-interface; everything about speed lives behind the interface (src/zo_backend.py: chunked keyed
+interface; everything about speed lives behind the interface (src/mezo/zo_backend.py: chunked keyed
 generators, threads, CUDA multi-tensor kernels). ``PlainNoise`` is the literal implementation
 of the interface that tests/test_zo.py holds the fast one to.
 

@@ -7,11 +7,11 @@ model was prompted:
     modes) or of the stock sequence classifier (`--few_shot_type finetune`), with the weights as
     trained: the MLM decoder is saved as its own matrix (`tie_word_embeddings: false`, as the
     run trains it untied), and LoRA is merged into the exported copy (W + alpha/r · B A; the live
-    model is never merged, see src/lora.py);
+    model is never merged, see src/mezo/lora.py);
   * the tokenizer files;
   * `prefix.safetensors` (prefix tuning only): the per-layer prefix keys and values as explicit
     P×hidden tensors (the reparameterisation MLP evaluated once), named as a direct
-    (`--no_reparam`) injection names them; `load` re-applies them with src/prefix.py;
+    (`--no_reparam`) injection names them; `load` re-applies them with src/mezo/prefix.py;
   * `mezo_export.json`: task, template, label words and their ids, labels, few_shot_type,
     max_seq_length and sentence limits (and the demonstrations for prompt-demo).
 
@@ -48,7 +48,7 @@ def merged_state(model) -> dict:
     state = {n: t.detach().to("cpu", copy=True) for n, t in model.state_dict().items()}
     for name, layer in _lora_layers(model):
         if getattr(layer, "merged", False):
-            raise RuntimeError(f"{name}: LoRA weights are merged in the live model (src/lora.py forbids it)")
+            raise RuntimeError(f"{name}: LoRA weights are merged in the live model (src/mezo/lora.py forbids it)")
         delta = (layer.lora_B.detach().float() @ layer.lora_A.detach().float()) * layer.scaling
         if getattr(layer, "fan_in_fan_out", False):
             delta = delta.T
@@ -187,7 +187,7 @@ def read_meta(model_dir: str) -> dict:
 
 
 def apply_prefix(model, model_dir: str, num_prefix: int) -> None:
-    """Re-inject direct prefixes (src/prefix.py) and load the saved tensors into them."""
+    """Re-inject direct prefixes (src/mezo/prefix.py) and load the saved tensors into them."""
     from safetensors.torch import load_file
 
     from .prefix import inject_prefix

@@ -1,1 +1,0 @@
-"""MeZO for prompt-based masked language models (RoBERTa, BERT, ...)."""
