@@ -103,22 +103,6 @@ def skip_limit(value, max_steps):
     return int(value)
 
 
-class SkipLimitCallback(TrainerCallback):
-    """Stop the run once more than --zo_max_skipped_steps MeZO updates were skipped (non-finite loss)."""
-
-    def __init__(self, trainer):
-        self.trainer = trainer
-
-    def on_step_end(self, args, state, control, **kw):
-        skipped = getattr(self.trainer, "zo_skipped", 0)
-        limit = skip_limit(getattr(args, "zo_max_skipped_steps", None), state.max_steps)
-        if limit is not None and skipped > limit:
-            raise TrainingDiverged(
-                f"--zo_max_skipped_steps {args.zo_max_skipped_steps:g}: {skipped} of the first {state.global_step} "
-                f"MeZO steps were skipped for a non-finite loss; stopping (fp16 weights or a bad "
-                f"--zero_order_eps {args.zero_order_eps:g}? see README: fp16/bf16)")
-
-
 class EpochSamplerState(TrainerCallback):
     """Exact resumption of the original's data order: remembers (epoch, generator state) as each
     epoch begins; in a resumed run, puts the generator back to the start of the resumed epoch
@@ -153,18 +137,6 @@ class Replica(torch.nn.Module):
         return self.module(*args, **kwargs)
 
 
-class SyncCheckCallback(TrainerCallback):
-    """--zo_check_sync_steps N: fail loudly if the MeZO replicas of the ranks drift apart."""
-
-    def __init__(self, trainer):
-        self.trainer = trainer
-
-    def on_step_end(self, args, state, control, **kw):
-        n = args.zo_check_sync_steps
-        if n and state.global_step % n == 0:
-            distributed.check_in_sync(self.trainer.zo_params, state.global_step)
-
-
 class MezoTrainer(Trainer):
     """Trainer whose step is MeZO when `--zero_order_optim` is on, the stock backprop step otherwise."""
 
@@ -178,7 +150,6 @@ class MezoTrainer(Trainer):
         self.resume_sampler_state = None    # the same, read from a checkpoint being resumed
         self.add_callback(EpochSamplerState(self))
         self.add_callback(checkpoint.PreemptCallback(self))  # SIGTERM/SIGINT -> checkpoint, stop (src/mezo/preempt.py)
-        self.add_callback(SkipLimitCallback(self))
         self.monitor = monitor.install(self)  # MeZO scalars in the logs, dev score on the progress bar
         a = self.args
         self.zo = a.zero_order_optim and not a.zero_order_use_trainer_optim
@@ -199,7 +170,6 @@ class MezoTrainer(Trainer):
                 layers = getattr(getattr(self.model, "config", None), "num_hidden_layers", 1)
                 self.zo_ab = zo_ablations.ZOAblation(named, layers, a, self.noise)
             self.add_callback(zo_ablations.ZOControl(self))
-            self.add_callback(SyncCheckCallback(self))
 
     def get_train_dataloader(self):
         """The original's data order (``data.original_train_sampler``; accelerate's seedable sampler
@@ -267,8 +237,21 @@ class MezoTrainer(Trainer):
             self.zo_skipped += 1
             logger.warning("step %d: non-finite MeZO loss (%s, %s); update skipped",
                            self.state.global_step, step.loss_plus, step.loss_minus)
-            return torch.tensor(float("nan"), device=self.args.device)
-        return torch.tensor(step.loss_plus, device=self.args.device)
+        self._zo_checks(self.state.global_step + 1)
+        return torch.tensor(float("nan") if step.skipped else step.loss_plus, device=self.args.device)
+
+    def _zo_checks(self, step: int) -> None:
+        """After MeZO update `step`: stop past --zo_max_skipped_steps; every --zo_check_sync_steps
+        compare the data-parallel replicas (both raise: no record)."""
+        a = self.args
+        limit = skip_limit(a.zo_max_skipped_steps, self.state.max_steps)
+        if limit is not None and self.zo_skipped > limit:
+            raise TrainingDiverged(
+                f"--zo_max_skipped_steps {a.zo_max_skipped_steps:g}: {self.zo_skipped} of the first {step} "
+                f"MeZO steps were skipped for a non-finite loss; stopping (fp16 weights or a bad "
+                f"--zero_order_eps {a.zero_order_eps:g}? see README: fp16/bf16)")
+        if a.zo_check_sync_steps and step % a.zo_check_sync_steps == 0:
+            distributed.check_in_sync(self.zo_params, step)
 
     def _zo_next_seed(self) -> int:
         return int(self.zo_seeds.randint(1_000_000_000))
@@ -302,6 +285,7 @@ class MezoTrainer(Trainer):
                                           global_step=self.state.global_step,
                                           max_steps=self.state.max_steps, grad_accum=accum)
         self.zo_skipped += self.zo_ab.skipped - skipped
+        self._zo_checks(self.state.global_step + 1)
         return torch.tensor(loss / accum, device=self.args.device)
 
     def _wrap_model(self, model, training=True, dataloader=None):
