@@ -50,6 +50,8 @@ SHAPES = {
                   intermediate_size=4096),
     "base": dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  intermediate_size=3072),
+    "mini": dict(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=512),   # the demo model's (splade-tiny, BERT-tiny) dimensions
     "tiny": dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=128),
 }
@@ -74,13 +76,14 @@ def parse_args(argv=None):
     ap.add_argument("--no_bf16", action="store_true", help="skip the bf16-autocast forward and step")
     ap.add_argument("--no_ft", action="store_true", help="skip the FT-step and evaluation comparisons")
     ap.add_argument("--no_startup", action="store_true", help="skip the run.py start-up measurement")
+    ap.add_argument("--eval_batches", type=int, default=16, help="batches per timed evaluation")
     ap.add_argument("--ft_steps", type=int, default=12,
                     help="FT steps per repetition (the first two are not timed; logging every 10)")
     ap.add_argument("--quick", action="store_true", help="tiny shape, batch 4, length 16, 2 reps")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
-        args.shape, args.batch, args.length, args.reps, args.ft_steps = "tiny", 4, 16, 2, 4
+        args.shape, args.batch, args.length, args.reps, args.ft_steps, args.eval_batches = "tiny", 4, 16, 2, 4, 4
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
@@ -315,7 +318,7 @@ def main(argv=None):
         print("FT step and evaluation: the project (Trainer) against a bare PyTorch loop", flush=True)
         batch_input = {k: v.cpu() for k, v in batch.items()}
         paths.update(bench_paths.ft_and_eval_vs_bare(model, batch_input, args.batch, args.reps, args.device,
-                                                     ft_steps=args.ft_steps))
+                                                     ft_steps=args.ft_steps, eval_batches=args.eval_batches))
     if not args.no_startup:
         paths["startup_s"] = bench_paths.startup(1 if args.quick else 3)
 

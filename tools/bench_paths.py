@@ -137,7 +137,7 @@ def bare_eval(model, items, batch, device):
     return time.perf_counter() - t0, acc
 
 
-def ft_and_eval_vs_bare(model, batch_input, batch, reps, device, ft_steps=6, eval_batches=4):
+def ft_and_eval_vs_bare(model, batch_input, batch, reps, device, ft_steps=12, eval_batches=16):
     """Interleaved repetitions of (Trainer FT, bare FT, Trainer eval, bare eval); medians and ratios."""
     items = make_items(batch * max(ft_steps, eval_batches), batch_input)
     eval_items = items[:batch * eval_batches]
@@ -157,6 +157,8 @@ def ft_and_eval_vs_bare(model, batch_input, batch, reps, device, ft_steps=6, eva
             "eval_over_bare": statistics.median(a / b for a, b in zip(ev_t, ev_b)),
             "ft_step_trainer_s": statistics.median(ft_t), "ft_step_bare_s": statistics.median(ft_b),
             "eval_trainer_s": statistics.median(ev_t), "eval_bare_s": statistics.median(ev_b),
+            # the Trainer's fixed cost per evaluate() call (loader, wrapping, gathering, callbacks)
+            "eval_overhead_ms": 1e3 * statistics.median(a - b for a, b in zip(ev_t, ev_b)),
             "eval_same_accuracy": all(a == b for a, b in accs), "eval_rows": len(eval_items)}
 
 
