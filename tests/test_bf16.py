@@ -34,6 +34,7 @@ def test_bf16_forwards_autocast_and_weights_stay_fp32(tmp_path, tiny_roberta_dir
     linear.register_forward_hook(lambda m, i, o: seen.append((torch.is_autocast_enabled("cpu"), o.dtype)))
     trainer = _trainer(tmp_path, model, zo_on)
     assert trainer.args.use_cpu and trainer.args.device.type == "cpu"
+    assert trainer.args.dataloader_pin_memory is False   # nothing to pin to: no warning per loader
     trainer.train()
     # MeZO: two forwards per step; Adam: one forward per step (its backward runs no forward hook).
     assert seen == [(True, torch.bfloat16)] * (4 if zo_on else 2)
