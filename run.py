@@ -357,7 +357,7 @@ def run(argv=None) -> int:
     from mezo import models, peft, results
     from mezo.data import Collator
     from mezo.tasks import dev_objective
-    from mezo.trainer import MezoTrainer
+    from mezo.trainer import MezoTrainer, StartupClock
 
     tokenizer = models.load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                       model_args.cache_dir)
@@ -375,6 +375,8 @@ def run(argv=None) -> int:
         eval_dataset=datasets.get("dev"),
         data_collator=Collator(tokenizer.pad_token_id, getattr(tokenizer, "pad_token_type_id", 0)),
         compute_metrics=lambda p: compute(p, num_sample), dev_objective=dev_objective)
+    startup = StartupClock()
+    trainer.add_callback(startup)
 
     summary = {}
     if training_args.trainer == "linearhead" or training_args.from_linearhead:
@@ -388,6 +390,7 @@ def run(argv=None) -> int:
         trainer.restore_best()
         summary.update(trainer.train_summary())
         summary["train_steps_per_s"] = summary["global_step"] / max(time.time() - train_start, 1e-9)
+        summary["startup_s"] = startup.seconds   # process start -> first training step
     if training_args.save_at_last and trainer.is_world_process_zero():
         save_trainable(model, training_args.output_dir)
     if training_args.save_model and trainer.is_world_process_zero():

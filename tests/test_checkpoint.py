@@ -16,13 +16,12 @@ import tiny
 import torch
 
 import run
-from mezo import checkpoint
+from mezo import checkpoint, results
 
 TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
 MAPPING = "{0:'terrible',1:'great'}"
 # Record fields that may differ between an uninterrupted and a killed-and-resumed run.
-VOLATILE = {"time", "output_dir", "wall_time_s", "train_steps_per_s", "peak_memory_bytes", "resume_from_checkpoint",
-            "save_total_limit", "log_file"}
+VOLATILE = results.VOLATILE_FIELDS
 
 # Runs run.py's main in a child process; optionally slows every step down (numerics untouched) so an
 # outside kill lands mid-training, or kills itself with SIGKILL at a chosen point of a checkpoint write.

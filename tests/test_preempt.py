@@ -15,14 +15,13 @@ import tiny
 import torch
 
 import run
-from mezo import checkpoint
+from mezo import checkpoint, results
 
 TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
 MAPPING = "{0:'terrible',1:'great'}"
 STEPS = 8  # 32 training examples, batch 8: 4 steps per epoch
 STOP_AT = 5  # neither a --save_steps (3) nor an --eval_steps (4) step, mid-epoch
-VOLATILE = {"time", "output_dir", "wall_time_s", "train_steps_per_s", "peak_memory_bytes", "resume_from_checkpoint",
-            "log_file"}
+VOLATILE = results.VOLATILE_FIELDS
 
 # Runs run.main in a child. With PREEMPT_AT=k the process signals itself at the start of step k.
 # Why from inside: the handler only records the signal and the run acts at the next step boundary, so

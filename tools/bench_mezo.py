@@ -17,11 +17,17 @@ the machine hits every variant alike):
   reference  the reference's step: torch.manual_seed(s) + torch.normal per parameter, four
              regenerations, out-of-place `p.data = p.data + ...` updates
 
-and the peak memory of a forward and of a default (and a cached) step, each in a fresh child
+  fwd_bf16, default_bf16   the forward and the default step with the forwards under bf16 autocast
+             over the fp32 weights (what --bf16 runs; fp32 --dtype only)
+
+then (tools/bench_paths.py) the project's Adam FT step and its evaluation against bare PyTorch loops
+on the same model and batch shape, and the start-up of a real run.py process (`startup_s`), and
+the peak memory of a forward and of a default (and a cached) step, each in a fresh child
 process: on CPU the peak RSS (VmHWM, reset after the model is built) minus the RSS before the
 model was built (so the interpreter and libraries do not count); on CUDA
 torch.cuda.max_memory_allocated. The last printed line is one JSON object whose keys include
-step_over_2fwd_default, step_over_2fwd_cache, step_over_2fwd_reference and mem_over_inference.
+step_over_2fwd_default, step_over_2fwd_cache, step_over_2fwd_reference, mem_over_inference,
+bf16_fwd_speedup, step_over_2fwd_bf16, ft_step_over_bare, eval_over_bare and startup_s.
 """
 import argparse
 import json
@@ -42,6 +48,8 @@ SHAPES = {
                   intermediate_size=4096),
     "base": dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  intermediate_size=3072),
+    "mini": dict(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=512),   # the demo model's (splade-tiny, BERT-tiny) dimensions
     "tiny": dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=128),
 }
@@ -63,11 +71,17 @@ def parse_args(argv=None):
     ap.add_argument("--workers", type=int, default=None,
                     help="noise threads for mezo.zo (default: torch.get_num_threads())")
     ap.add_argument("--no_memory", action="store_true", help="skip the memory measurements")
+    ap.add_argument("--no_bf16", action="store_true", help="skip the bf16-autocast forward and step")
+    ap.add_argument("--no_ft", action="store_true", help="skip the FT-step and evaluation comparisons")
+    ap.add_argument("--no_startup", action="store_true", help="skip the run.py start-up measurement")
+    ap.add_argument("--eval_batches", type=int, default=16, help="batches per timed evaluation")
+    ap.add_argument("--ft_steps", type=int, default=12,
+                    help="FT steps per repetition (the first two are not timed; logging every 10)")
     ap.add_argument("--quick", action="store_true", help="tiny shape, batch 4, length 16, 2 reps")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
-        args.shape, args.batch, args.length, args.reps = "tiny", 4, 16, 2
+        args.shape, args.batch, args.length, args.reps, args.ft_steps, args.eval_batches = "tiny", 4, 16, 2, 4, 4
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
@@ -126,7 +140,7 @@ def build(args):
             out = model(**batch)
             return out if torch.is_tensor(out) else out.loss
     params = [p for _, p in model.named_parameters() if p.requires_grad]
-    return model, params, loss_fn, wrapper
+    return model, params, loss_fn, wrapper, batch
 
 
 def reference_step(params, loss_fn, seed):
@@ -186,7 +200,7 @@ def child_memory(args, what):
     eng = FastNoise(args.workers, cache_z=(what == "cache"))
     cuda = args.device == "cuda"
     before = torch.cuda.memory_allocated() if cuda else _status_kb("VmRSS")
-    model, params, loss_fn, _ = build(args)
+    model, params, loss_fn, _, _ = build(args)
     _sync(args.device)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -242,7 +256,7 @@ def main(argv=None):
 
     eng, cached = FastNoise(args.workers), FastNoise(args.workers, cache_z=True)
     t0 = time.perf_counter()
-    model, params, loss_fn, wrapper = build(args)
+    model, params, loss_fn, wrapper, batch = build(args)
     n_params = sum(p.numel() for p in params)
     print(f"model: RoBERTa-{args.shape} ({n_params / 1e6:.1f}M trainable parameters, {wrapper}), "
           f"batch {args.batch} x {args.length}, {args.dtype}, {args.device}; built in "
@@ -261,12 +275,19 @@ def main(argv=None):
         inner[1] += time.process_time() - c0
         return out
 
+    def zo_loss_bf16():   # --bf16: autocast forwards over the fp32 weights (the Trainer's mixed precision)
+        with torch.autocast(args.device, dtype=torch.bfloat16):
+            return zo_loss()
+
     variants = {
         "fwd": lambda: zo_loss(),
         "default": lambda: zo.mezo_step(params, zo_loss, eng, next(seeds), eps=EPS, lr=LR),
         "cache": lambda: zo.mezo_step(params, zo_loss, cached, next(seeds), eps=EPS, lr=LR),
         "reference": lambda: reference_step(params, zo_loss, next(seeds)),
     }
+    if args.dtype == "fp32" and not args.no_bf16:
+        variants["fwd_bf16"] = lambda: zo_loss_bf16()
+        variants["default_bf16"] = lambda: zo.mezo_step(params, zo_loss_bf16, eng, next(seeds), eps=EPS, lr=LR)
     times, cpu = {k: [] for k in variants}, {k: [] for k in variants}
     own, own_cpu = {k: [] for k in variants}, {k: [] for k in variants}   # step / its own 2 fwd
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -289,6 +310,16 @@ def main(argv=None):
     ocmed = {k: statistics.median(v) for k, v in own_cpu.items()}
     load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
+    paths = {}
+    if not args.no_ft:
+        import bench_paths  # tools/bench_paths.py, beside this script
+        print("FT step and evaluation: the project (Trainer) against a bare PyTorch loop", flush=True)
+        batch_input = {k: v.cpu() for k, v in batch.items()}
+        paths.update(bench_paths.ft_and_eval_vs_bare(model, batch_input, args.batch, args.reps, args.device,
+                                                     ft_steps=args.ft_steps, eval_batches=args.eval_batches))
+    if not args.no_startup:
+        paths["startup_s"] = bench_paths.startup(1 if args.quick else 3)
+
     mem = {}
     if not args.no_memory:
         for what in ("fwd", "default") + (() if args.quick else ("cache",)):
@@ -300,6 +331,9 @@ def main(argv=None):
     # median over the repetitions. On a quiet machine this equals step / (2 x standalone forward),
     # reported as *_vs_standalone; on a shared one it is the figure that survives the noise.
     res = {f"step_over_2fwd_{k}": omed[k] for k in steps}
+    if "fwd_bf16" in med:
+        res["bf16_fwd_speedup"] = med["fwd"] / med["fwd_bf16"]       # fp32 forward / bf16-autocast forward
+        res["step_over_2fwd_bf16"] = omed["default_bf16"]            # bf16 MeZO step / its two bf16 forwards
     res.update({f"step_over_2fwd_{k}_vs_standalone": med[k] / two for k in steps})
     if args.device == "cpu":
         res.update({f"cpu_step_over_2fwd_{k}": ocmed[k] for k in steps})
@@ -307,6 +341,7 @@ def main(argv=None):
         res["mem_over_inference"] = mem["default"]["footprint"] / mem["fwd"]["footprint"]
         if "cache" in mem:
             res["mem_over_inference_cache"] = mem["cache"]["footprint"] / mem["fwd"]["footprint"]
+    res.update(paths)
     res.update({f"{k}_s": v for k, v in med.items()})
     res.update({f"{k}_all_s": [round(x, 4) for x in v] for k, v in times.items()})
     if args.device == "cpu":
@@ -324,12 +359,25 @@ def main(argv=None):
     print(f"{'':<28}{'median s':>10}{'/ own fwds':>12}{'/ 2 fwd':>10}"
           + (f"{'CPU s':>10}{'CPU / own':>11}" if cpu_cols else ""))
     for k, label in [("fwd", "forward (ZO loss)"), ("default", "mezo_step (default)"),
-                     ("cache", "mezo_step (cache_z=True)"), ("reference", "reference step")]:
-        print(f"{label:<28}{med[k]:>10.3f}{(omed[k] if k != 'fwd' else 1.0):>12.3f}{med[k] / two:>10.3f}"
-              + (f"{cmed[k]:>10.3f}{(ocmed[k] if k != 'fwd' else 1.0):>11.3f}" if cpu_cols else ""))
+                     ("cache", "mezo_step (cache_z=True)"), ("reference", "reference step"),
+                     ("fwd_bf16", "forward, bf16 autocast"), ("default_bf16", "mezo_step, bf16 autocast")]:
+        if k not in med:
+            continue
+        two_k = 2 * med["fwd_bf16"] if k == "default_bf16" else two
+        print(f"{label:<28}{med[k]:>10.3f}{(omed[k] if not k.startswith('fwd') else 1.0):>12.3f}{med[k] / two_k:>10.3f}"
+              + (f"{cmed[k]:>10.3f}{(ocmed[k] if not k.startswith('fwd') else 1.0):>11.3f}" if cpu_cols else ""))
     print("(/ own fwds: the step's time over the time of the two forwards inside it; / 2 fwd: over twice"
           " the standalone forward)")
     print(f"(load average {load0:.2f} at the start, {load1:.2f} at the end of the timings)")
+    if "ft_step_over_bare" in paths:
+        print()
+        print(f"{'':<28}{'project s':>10}{'bare s':>10}{'ratio':>10}")
+        for k, label in [("ft_step", "FT (Adam) step"), ("eval", f"evaluation, {paths['eval_rows']} rows")]:
+            print(f"{label:<28}{paths[k + '_trainer_s' if k == 'ft_step' else 'eval_trainer_s']:>10.3f}"
+                  f"{paths[k + '_bare_s' if k == 'ft_step' else 'eval_bare_s']:>10.3f}"
+                  f"{paths[k + '_over_bare']:>10.3f}")
+    if "startup_s" in paths:
+        print(f"start-up (process start to first step of a splade-tiny run.py run): {paths['startup_s']:.2f}s")
     if mem:
         print()
         print(f"{'peak memory':<34}{'MiB':>10}{'/ fwd':>10}{'beyond model MiB':>18}")

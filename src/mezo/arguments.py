@@ -241,8 +241,11 @@ class MezoTrainingArguments(TrainingArguments):
         if self.accelerator_config is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             # keep the RandomSampler of MezoTrainer.get_train_dataloader (the original's data order)
             self.accelerator_config = {"use_seedable_sampler": False}
-        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-            self.use_cpu = True  # accelerate only sets up multi-process CPU (gloo) when told it is on CPU
+        if not self.use_cpu and not torch.accelerator.is_available():
+            # No accelerator: say so, as the Trainer wants it said. Then --bf16 runs as CPU autocast
+            # (fp32 master weights) instead of stopping with "doesn't support bf16/gpu", accelerate
+            # sets up multi-process CPU (gloo), and no pin_memory is asked for (nothing to pin to).
+            self.use_cpu = True
         super().__post_init__()
 
 

@@ -74,6 +74,10 @@ def append_record(path: str, record: dict) -> None:
 
 
 RECORD_FILE = "record.json"
+# Record fields that may differ between an uninterrupted run and a killed-and-resumed one (timings,
+# paths, the resume flag itself); every other field of a resumed run's record is the same.
+VOLATILE_FIELDS = frozenset({"time", "output_dir", "wall_time_s", "train_steps_per_s", "startup_s",
+                             "peak_memory_bytes", "resume_from_checkpoint", "save_total_limit", "log_file"})
 
 
 def save_record(log_file: str, record: dict, output_dir: str) -> str:

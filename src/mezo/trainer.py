@@ -12,6 +12,7 @@ adds the SPSA estimate to `.grad` and the stock optimizer, scheduler, accumulati
 """
 import logging
 import math
+import time
 
 import numpy as np
 import torch
@@ -135,6 +136,31 @@ class Replica(torch.nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
+
+
+def process_start_time() -> float:
+    """When this process began (psutil: an accelerate dependency), so start-up counts the interpreter
+    and the imports too; the import of this module where psutil is unusable."""
+    try:
+        import psutil
+        return psutil.Process().create_time()
+    except Exception:  # pragma: no cover - psutil ships with accelerate
+        return _IMPORTED_AT
+
+
+_IMPORTED_AT = time.time()
+
+
+class StartupClock(TrainerCallback):
+    """Seconds from process start to the first training step (`startup_s` in the run's record)."""
+
+    def __init__(self):
+        self.start = process_start_time()
+        self.seconds = None
+
+    def on_step_begin(self, args, state, control, **kw):
+        if self.seconds is None:
+            self.seconds = time.time() - self.start
 
 
 class MezoTrainer(Trainer):
