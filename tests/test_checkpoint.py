@@ -18,8 +18,6 @@ import torch
 import run
 from mezo import checkpoint, results
 
-TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
-MAPPING = "{0:'terrible',1:'great'}"
 # Record fields that may differ between an uninterrupted and a killed-and-resumed run.
 VOLATILE = results.VOLATILE_FIELDS
 
@@ -71,17 +69,7 @@ STEPS = 24  # 32 training examples, batch 8: 4 steps per epoch, 6 epochs
 
 
 def argv(model_dir, data_dir, out, log, kind, *extra):
-    a = ["--model_name_or_path", model_dir, "--task_name", "uci-sentiment", "--data_dir", data_dir,
-         "--few_shot_type", "prompt", "--template", TEMPLATE, "--mapping", MAPPING, "--first_sent_limit", "40",
-         "--output_dir", str(out), "--log_file", str(log), "--do_train", "--do_eval", "--do_predict",
-         "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32", "--seed", "42",
-         "--max_steps", str(STEPS), "--evaluate_during_training", "--eval_steps", "4", "--logging_steps", "2",
-         "--save_steps", "3", "--save_at_last", "--disable_tqdm", "true", "--lr_scheduler_type", "linear"]
-    if kind == "mezo":
-        a += ["--zero_order_optim", "--efficient_zero_order", "--optimizer", "sgd", "--learning_rate", "1e-2"]
-    else:
-        a += ["--learning_rate", "1e-3"]  # AdamW; dropout 0.1 in the tiny model, so torch RNG matters
-    return a + list(extra)
+    return tiny.checkpointed_run_argv(model_dir, data_dir, out, log, kind, STEPS, *extra)
 
 
 class Children:

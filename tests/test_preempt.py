@@ -17,8 +17,6 @@ import torch
 import run
 from mezo import checkpoint, results
 
-TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
-MAPPING = "{0:'terrible',1:'great'}"
 STEPS = 8  # 32 training examples, batch 8: 4 steps per epoch
 STOP_AT = 5  # neither a --save_steps (3) nor an --eval_steps (4) step, mid-epoch
 VOLATILE = results.VOLATILE_FIELDS
@@ -51,17 +49,7 @@ def data_dir(tmp_path_factory, repo_root):
 
 
 def argv(model_dir, data_dir, out, log, kind, *extra):
-    a = ["--model_name_or_path", model_dir, "--task_name", "uci-sentiment", "--data_dir", data_dir,
-         "--few_shot_type", "prompt", "--template", TEMPLATE, "--mapping", MAPPING, "--first_sent_limit", "40",
-         "--output_dir", str(out), "--log_file", str(log), "--do_train", "--do_eval", "--do_predict",
-         "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32", "--seed", "42",
-         "--max_steps", str(STEPS), "--evaluate_during_training", "--eval_steps", "4", "--logging_steps", "2",
-         "--save_steps", "3", "--save_at_last", "--disable_tqdm", "true", "--lr_scheduler_type", "linear"]
-    if kind == "mezo":
-        a += ["--zero_order_optim", "--efficient_zero_order", "--optimizer", "sgd", "--learning_rate", "1e-2"]
-    else:
-        a += ["--learning_rate", "1e-3"]  # AdamW with dropout: the torch RNG state matters too
-    return a + list(extra)
+    return tiny.checkpointed_run_argv(model_dir, data_dir, out, log, kind, STEPS, *extra)
 
 
 @pytest.fixture(scope="module")

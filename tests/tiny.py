@@ -90,3 +90,23 @@ def mask_dataset(n=12, seed=0):
         ids[2] = 4
         items.append({"input_ids": ids, "attention_mask": [1] * length, "mask_pos": 2, "label": i % 2})
     return items
+
+
+SENT_TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
+SENT_MAPPING = "{0:'terrible',1:'great'}"
+
+
+def checkpointed_run_argv(model_dir, data_dir, out, log, kind, steps, *extra):
+    """run.py flags of a small run that checkpoints every 3 steps and evaluates every 4 (kind: mezo or
+    adam; Adam runs with dropout, so the torch RNG state matters too): the resume and preemption tests."""
+    a = ["--model_name_or_path", model_dir, "--task_name", "uci-sentiment", "--data_dir", data_dir,
+         "--few_shot_type", "prompt", "--template", SENT_TEMPLATE, "--mapping", SENT_MAPPING, "--first_sent_limit", "40",
+         "--output_dir", str(out), "--log_file", str(log), "--do_train", "--do_eval", "--do_predict",
+         "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32", "--seed", "42",
+         "--max_steps", str(steps), "--evaluate_during_training", "--eval_steps", "4", "--logging_steps", "2",
+         "--save_steps", "3", "--save_at_last", "--disable_tqdm", "true", "--lr_scheduler_type", "linear"]
+    if kind == "mezo":
+        a += ["--zero_order_optim", "--efficient_zero_order", "--optimizer", "sgd", "--learning_rate", "1e-2"]
+    else:
+        a += ["--learning_rate", "1e-3"]
+    return a + list(extra)

@@ -325,7 +325,7 @@ def main(argv=None):
         for what in ("fwd", "default") + (() if args.quick else ("cache",)):
             mem[what] = measure_memory(args, what)
 
-    two, ctwo = 2 * med["fwd"], 2 * cmed["fwd"]
+    two = 2 * med["fwd"]
     steps = ("default", "cache", "reference")
     # Main figures: each step against the two forwards it ran itself (same moment, same load),
     # median over the repetitions. On a quiet machine this equals step / (2 x standalone forward),

@@ -81,8 +81,7 @@ from typing import Dict, List, Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from mezo.errors import UsageError
-from mezo.catalog import (DEFAULT_STEPS, LORA, METHOD_NAMES, PREFIX, SEEDS, TAG_SUFFIXES,  # noqa: F401
-                         TASKS, Method, methods)
+from mezo.catalog import DEFAULT_STEPS, METHOD_NAMES, SEEDS, TASKS, Method, methods
 
 # Grid axes: short name -> (env var, record field).
 AXES = {"bs": ("BS", "per_device_train_batch_size"), "lr": ("LR", "learning_rate"),

@@ -42,7 +42,6 @@ import torch
 from transformers import TrainerCallback
 
 from .errors import UsageError
-from .preempt import PreemptCallback  # noqa: F401  (registered by MezoTrainer)
 
 logger = logging.getLogger(__name__)
 

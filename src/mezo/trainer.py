@@ -23,6 +23,7 @@ from . import checkpoint, distributed, monitor, zo, zo_ablations
 from .data import original_train_sampler
 from .errors import TrainingDiverged
 from .optim import OriginalAdamW
+from .preempt import PreemptCallback
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class MezoTrainer(Trainer):
         self.epoch_sampler_state = None     # (epoch, generator state) as the current epoch began
         self.resume_sampler_state = None    # the same, read from a checkpoint being resumed
         self.add_callback(EpochSamplerState(self))
-        self.add_callback(checkpoint.PreemptCallback(self))  # SIGTERM/SIGINT -> checkpoint, stop (src/mezo/preempt.py)
+        self.add_callback(PreemptCallback(self))  # SIGTERM/SIGINT -> checkpoint, stop (src/mezo/preempt.py)
         self.monitor = monitor.install(self)  # MeZO scalars in the logs, dev score on the progress bar
         a = self.args
         self.zo = a.zero_order_optim and not a.zero_order_use_trainer_optim

@@ -45,8 +45,14 @@ class Noise(Protocol):
         """p_i.grad += scales_i z_i(seed)."""
 
 
-def _each(x: Scales, n: int) -> List[float]:
-    return [float(x)] * n if isinstance(x, (int, float)) else [float(v) for v in x]
+def per_param(x: Scales, n: int, what: str = "scales") -> List[float]:
+    """A float for each of n parameters: one value repeated, or a sequence of exactly n."""
+    if isinstance(x, (int, float)):
+        return [float(x)] * n
+    x = [float(v) for v in x]
+    if len(x) != n:
+        raise ValueError(f"{what}: {len(x)} values for {n} parameters")
+    return x
 
 
 def mezo_step(params, loss_fn: Callable[[], torch.Tensor], noise: Noise, seed: int, *, eps: float,
@@ -61,8 +67,8 @@ def mezo_step(params, loss_fn: Callable[[], torch.Tensor], noise: Noise, seed: i
     """
     params = list(params)
     n = len(params)
-    plus = [eps * p for p in _each(pert, n)]
-    upd, wd = _each(upd, n), _each(weight_decay, n)
+    plus = [eps * p for p in per_param(pert, n, "pert")]
+    upd, wd = per_param(upd, n, "upd"), per_param(weight_decay, n, "weight_decay")
 
     noise.add_(params, seed, plus)                                        # theta + eps z
     loss_plus = _loss(loss_fn, lambda: noise.add_(params, seed, [-s for s in plus]))
@@ -106,13 +112,13 @@ class PlainNoise:
     def decay_add_(self, params, seed, decays, scales):
         params = list(params)
         n = len(params)
-        for p, z, d, s in zip(params, self.draw_z(params, seed), _each(decays, n), _each(scales, n)):
+        for p, z, d, s in zip(params, self.draw_z(params, seed), per_param(decays, n), per_param(scales, n)):
             p.copy_(p + d * p + s * z)
 
     @torch.no_grad()
     def add_to_grad_(self, params, seed, scales):
         params = list(params)
-        for p, z, s in zip(params, self.draw_z(params, seed), _each(scales, len(params))):
+        for p, z, s in zip(params, self.draw_z(params, seed), per_param(scales, len(params))):
             p.grad = s * z if p.grad is None else p.grad + s * z
 
 

@@ -43,10 +43,12 @@ import math
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Callable, List, NamedTuple, Optional, Sequence, Union
+from typing import List, NamedTuple, Optional
 
 import numpy as np
 import torch
+
+from .zo import per_param
 
 __all__ = ["FastNoise", "CPU_CHUNK", "CUDA_CHUNK"]
 
@@ -191,15 +193,6 @@ def _np_view(t: torch.Tensor) -> Optional[np.ndarray]:
     return None
 
 
-def _as_floats(x, n: int, what: str) -> List[float]:
-    if isinstance(x, (int, float)):
-        return [float(x)] * n
-    x = [float(v) for v in x]
-    if len(x) != n:
-        raise ValueError(f"{what}: {len(x)} values for {n} parameters")
-    return x
-
-
 class FastNoise:
     """``zo.Noise`` done fast: thread pool, per-thread buffers, chunk plans, optional z cache.
 
@@ -221,13 +214,13 @@ class FastNoise:
     def add_(self, params, seed: int, scales) -> None:
         """theta_i <- theta_i + scales_i z_i(seed), in place (a float: the same for every parameter)."""
         params = list(params)
-        self._pass(params, params, seed, [0.0] * len(params), _as_floats(scales, len(params), "scales"))
+        self._pass(params, params, seed, [0.0] * len(params), per_param(scales, len(params), "scales"))
 
     def decay_add_(self, params, seed: int, decays, scales) -> None:
         """theta_i <- theta_i + decays_i theta_i + scales_i z_i(seed): MeZO's fused restore and update."""
         params = list(params)
         n = len(params)
-        self._pass(params, params, seed, _as_floats(decays, n, "decays"), _as_floats(scales, n, "scales"))
+        self._pass(params, params, seed, per_param(decays, n, "decays"), per_param(scales, n, "scales"))
 
     def add_to_grad_(self, params, seed: int, scales) -> None:
         """p.grad_i += scales_i z_i(seed) (``.grad`` allocated as zeros when None)."""
@@ -236,7 +229,7 @@ class FastNoise:
             if p.grad is None:
                 p.grad = torch.zeros_like(p, memory_format=torch.contiguous_format)
         grads = [p.grad for p in params]
-        self._pass(params, grads, seed, [0.0] * len(params), _as_floats(scales, len(params), "scales"),
+        self._pass(params, grads, seed, [0.0] * len(params), per_param(scales, len(params), "scales"),
                    targets_np=[_np_view(g) for g in grads])
 
     def draw_z(self, params, seed: int) -> List[torch.Tensor]:

@@ -32,17 +32,8 @@ import numpy as np
 import torch
 
 from . import zo
-from .zo import ZOStep
+from .zo import ZOStep, per_param
 from .zo_noise import GaussianParamNoise, LowRankNoise, ParamNoise, RademacherNoise, ScaledNoise, sub_seed
-
-
-def _each(x, n: int) -> List[float]:
-    if isinstance(x, (int, float)):
-        return [float(x)] * n
-    x = [float(v) for v in x]
-    if len(x) != n:
-        raise ValueError(f"weight_decay: {len(x)} values for {n} parameters")
-    return x
 
 
 def _skipped(loss_plus=float("nan"), loss_minus=float("nan"), grad=float("nan")) -> ZOStep:
@@ -108,7 +99,7 @@ class ZOMethod:
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps}")
         self.eps = float(eps)
-        self.weight_decay = _each(weight_decay, len(self.params))
+        self.weight_decay = per_param(weight_decay, len(self.params), "weight_decay")
         self.noise = noise if noise is not None else self.default_noise()
         self.t = 0   # steps taken (skipped ones included)
 

@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from .zo import per_param
 from .zo_backend import FastNoise
 
 _M63 = (1 << 63) - 1
@@ -40,10 +41,6 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
     return g
 
 
-def _each(x, n: int) -> List[float]:
-    return [float(x)] * n if isinstance(x, (int, float)) else [float(v) for v in x]
-
-
 class ParamNoise:
     """A ``zo.Noise`` whose z is drawn parameter by parameter: subclasses define ``z(p, i, seed)``."""
 
@@ -57,7 +54,7 @@ class ParamNoise:
     @torch.no_grad()
     def add_(self, params, seed: int, scales) -> None:
         params = list(params)
-        for i, (p, s) in enumerate(zip(params, _each(scales, len(params)))):
+        for i, (p, s) in enumerate(zip(params, per_param(scales, len(params)))):
             if s != 0.0:
                 p.add_(self.z(p, i, seed), alpha=s)
 
@@ -65,7 +62,7 @@ class ParamNoise:
     def decay_add_(self, params, seed: int, decays, scales) -> None:
         params = list(params)
         n = len(params)
-        for i, (p, d, s) in enumerate(zip(params, _each(decays, n), _each(scales, n))):
+        for i, (p, d, s) in enumerate(zip(params, per_param(decays, n), per_param(scales, n))):
             if d != 0.0:
                 p.add_(p, alpha=d)
             if s != 0.0:
@@ -74,7 +71,7 @@ class ParamNoise:
     @torch.no_grad()
     def add_to_grad_(self, params, seed: int, scales) -> None:
         params = list(params)
-        for i, (p, s) in enumerate(zip(params, _each(scales, len(params)))):
+        for i, (p, s) in enumerate(zip(params, per_param(scales, len(params)))):
             z = self.z(p, i, seed)
             if p.grad is None:
                 p.grad = s * z
