@@ -69,6 +69,7 @@ def validate(model_args, data_args, training_args, task):
         if getattr(a, flag) not in (False, None, 0, "standard"):
             raise UsageError(f"--{flag} {getattr(a, flag)!r}: not implemented yet in this version")
     validate_ablations(a, task)
+    validate_zo_method(a)
 
 
 def validate_ablations(a, task):
@@ -113,6 +114,19 @@ def validate_ablations(a, task):
             raise UsageError(f"--{flag}: needs --trainer linearhead or --from_linearhead")
     if a.prob_as_feature and task.output_mode == "regression":
         raise UsageError(f"--prob_as_feature: task {task.name} is a regression task")
+
+
+def validate_zo_method(a):
+    """--zo_method other than mezo: a direct-path method over a fixed parameter list (src/mezo/zo_methods.py)."""
+    if a.zo_method == "mezo":
+        return
+    if not a.zero_order_optim or a.zero_order_use_trainer_optim:
+        raise UsageError(f"--zo_method {a.zo_method}: needs --zero_order_optim without --zero_order_use_trainer_optim")
+    for flag in ("zo_variant", "layer_wise_optim", "zo_cache_z"):
+        if getattr(a, flag):
+            raise UsageError(f"--{flag}: a MeZO ablation, not available with --zo_method {a.zo_method}")
+    if a.zo_method == "conservative" and a.weight_decay:
+        raise UsageError(f"--weight_decay {a.weight_decay}: --zo_method conservative is defined without weight decay")
 
 
 def validate_run_control(a):

@@ -49,6 +49,12 @@ BOUNDS = {
     "save_steps": ([-1, nan], [0, 3]),
     "save_total_limit": ([0, -1], [None, 1, 2]),
     "dataloader_num_workers": ([-1], [0, 2]),
+    "zo_momentum": ([1, -0.1, nan], [0, 0.9]),
+    "hizoo_alpha": ([-1e-6, nan, inf], [0, 1e-6]),
+    "lozo_rank": ([0, -1], [1, 4]),
+    "lozo_nu": ([0], [1, 50]),
+    "lozo_beta1": ([1, -0.5], [0, 0.9]),
+    "fzoo_n": ([1, 0], [2, 8]),
 }
 
 

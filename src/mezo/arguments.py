@@ -18,6 +18,7 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 from .errors import UsageError
+from .zo_methods import METHODS as ZO_METHODS
 
 
 def _f(default, help, **kw):
@@ -114,6 +115,17 @@ class MezoTrainingArguments(TrainingArguments):
                                      "max_steps; negative: never stop")
     zo_check_sync_steps: int = _f(0, "data-parallel MeZO: every n steps compare a checksum of the trainable "
                                   "parameters across ranks and stop if they differ (0 = off)")
+    zo_method: str = _f("mezo", "zeroth-order method of the direct path (src/mezo/zo_methods.py; README: the "
+                        "zeroth-order family)", choices=list(ZO_METHODS))
+    zo_sign_elementwise: bool = _f(False, "--zo_method sign: update with sign(g z) per coordinate instead of sign(g) z")
+    zo_momentum: float = _f(0.9, "--zo_method momentum: heavy-ball momentum (ZO-Bench: 0.9)")
+    hizoo_alpha: float = _f(1e-6, "--zo_method hizoo: smoothing constant of the diagonal Hessian estimate")
+    hizoo_form: str = _f("paper", "--zo_method hizoo: the paper's Sigma update, or code2024 (the 2024 RoBERTa "
+                         "fork's)", choices=["paper", "code2024"])
+    lozo_rank: int = _f(4, "--zo_method lozo/lozo_m: rank r of the U V^T perturbations")
+    lozo_nu: int = _f(50, "--zo_method lozo/lozo_m: V is redrawn every nu steps")
+    lozo_beta1: float = _f(0.9, "--zo_method lozo_m: momentum in the U space")
+    fzoo_n: int = _f(8, "--zo_method fzoo: N one-sided Rademacher estimates per step (no published default)")
     zero_order_use_trainer_optim: bool = _f(False, "[ablation] write the ZO gradient into .grad and let the "
                                             "torch optimizer and scheduler update")
     zero_order_sample: int = _f(1, "[ablation] n in n-SPSA: n SPSA pairs per step, estimates averaged "

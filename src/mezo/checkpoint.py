@@ -69,7 +69,8 @@ MUST_MATCH = (
     "warmup_ratio", "optimizer", "torch_adamw", "momentum", "adam_beta1", "adam_beta2", "adam_epsilon",
     "max_grad_norm", "dataloader_drop_last", "fp16", "bf16", "zero_order_optim", "zero_order_eps",
     "efficient_zero_order", "zo_cache_z", "zo_no_decay_bias_norm", "zero_order_use_trainer_optim",
-    "zero_order_sample", "zo_variant", "zo_variant_corrected", "use_zo_grad_est", "scale_norm_by_num_params",
+    "zero_order_sample", "zo_variant", "zo_variant_corrected", "zo_method", "zo_sign_elementwise", "zo_momentum",
+    "hizoo_alpha", "hizoo_form", "lozo_rank", "lozo_nu", "lozo_beta1", "fzoo_n", "use_zo_grad_est", "scale_norm_by_num_params",
     "change_grad_estimate", "evaluate_during_training", "eval_steps", "logging_steps", "head_tuning",
     "prefix_tuning", "num_prefix", "no_reparam", "prefix_init_by_real_act", "tie_emb",
     "random_model_init", "from_linearhead",
@@ -237,6 +238,8 @@ def extra_state(trainer) -> dict:
         "sampler": getattr(trainer, "epoch_sampler_state", None),
         # MeZO ablation state (src/mezo/zo_ablations.py), if that object exposes state_dict/load_state_dict
         "zo_ab": trainer.zo_ab.state_dict() if hasattr(getattr(trainer, "zo_ab", None), "state_dict") else None,
+        # --zo_method's own state (momentum, Adam moments, HiZOO's Sigma, LOZO's V seeds)
+        "zo_method": trainer.zo_method.state_dict() if getattr(trainer, "zo_method", None) is not None else None,
         "best": {"score": None if best.best_score is None else float(best.best_score),
                  "step": best.best_step, "weights": best.best_state,
                  "curve": [[int(s), float(v)] for s, v in best.curve]},
@@ -329,6 +332,8 @@ def load(trainer, path: str) -> None:
     for k, v in extra["counters"].items():
         setattr(trainer, k, v)
     trainer.resume_sampler_state = extra.get("sampler")
+    if extra.get("zo_method") is not None:
+        trainer.zo_method.load_state_dict(extra["zo_method"])
     zo_ab = getattr(trainer, "zo_ab", None)
     if zo_ab is not None:
         if extra.get("zo_ab") is not None and hasattr(zo_ab, "load_state_dict"):

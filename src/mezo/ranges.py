@@ -35,6 +35,13 @@ def between(lo, hi, lo_open=False, hi_open=False, optional=False):
 
 
 RANGES = {
+    # zeroth-order methods (--zo_method)
+    "zo_momentum": (between(0, 1, hi_open=True), "a number in [0, 1)"),
+    "hizoo_alpha": (at_least(0), "a finite number >= 0"),
+    "lozo_rank": (at_least(1), "an integer >= 1"),
+    "lozo_nu": (at_least(1), "an integer >= 1"),
+    "lozo_beta1": (between(0, 1, hi_open=True), "a number in [0, 1)"),
+    "fzoo_n": (at_least(2), "an integer >= 2 (the step size needs the spread of N estimates)"),
     # model
     "lora_r": (at_least(1, optional=True), "an integer >= 1"),
     "lora_alpha": (at_least(1, optional=True), "an integer >= 1"),
@@ -85,7 +92,7 @@ NO_RANGE = {
         "save_logit_dir", "demo_filter_model"),
     "choices or syntax checked in run.validate / src/mezo/templates.py": (
         "few_shot_type", "task_name", "template", "mapping", "optimizer", "trainer",
-        "zero_order_sample_scheduler", "zo_variant", "lr_scheduler_type"),
+        "zero_order_sample_scheduler", "zo_variant", "lr_scheduler_type", "zo_method", "hizoo_form"),
     "switches": (
         "l2_loss", "apply_lora", "lora_freeze_head", "overwrite_cache", "auto_demo", "demo_filter", "debug_mode",
         "double_demo", "truncate_head", "evaluate_during_training", "zero_order_optim", "efficient_zero_order",
@@ -94,7 +101,8 @@ NO_RANGE = {
         "norm_running_update", "change_grad_estimate", "zo_by_layer", "optimize_acc", "layer_wise_optim",
         "head_tuning", "prefix_tuning", "no_reparam", "prefix_init_by_real_act", "from_linearhead",
         "lp_early_stopping", "prob_as_feature", "overwrite_output_dir", "no_train", "no_predict", "save_at_last",
-        "random_model_init", "tie_emb", "sweep", "save_logit", "save_model", "torch_adamw", "zo_variant_corrected"),
+        "random_model_init", "tie_emb", "sweep", "save_logit", "save_model", "torch_adamw", "zo_variant_corrected",
+        "zo_sign_elementwise"),
     "free text / any integer (only copied to the log or a file name)": ("tag", "array_id", "model_id"),
     "refused when set (arguments.check_unsupported)": (
         "random_segment", "use_task_word", "sfc", "icl_sfc", "num_demo", "template_path", "mapping_path",

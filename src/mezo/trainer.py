@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
-from . import checkpoint, distributed, monitor, zo, zo_ablations
+from . import checkpoint, distributed, monitor, zo, zo_ablations, zo_methods
 from .data import original_train_sampler
 from .errors import TrainingDiverged
 from .optim import OriginalAdamW
@@ -105,6 +105,15 @@ def skip_limit(value, max_steps):
     return int(value)
 
 
+def zo_method_kwargs(a) -> dict:
+    """The hyper-parameters of --zo_method, from its flags (named after the papers' symbols)."""
+    return {"sign": dict(elementwise=a.zo_sign_elementwise), "momentum": dict(momentum=a.zo_momentum),
+            "adam": dict(beta1=a.adam_beta1, beta2=a.adam_beta2, adam_eps=a.adam_epsilon),
+            "hizoo": dict(alpha=a.hizoo_alpha, form=a.hizoo_form), "lozo": dict(rank=a.lozo_rank, nu=a.lozo_nu),
+            "lozo_m": dict(rank=a.lozo_rank, nu=a.lozo_nu, beta1=a.lozo_beta1),
+            "fzoo": dict(n=a.fzoo_n)}.get(a.zo_method, {})
+
+
 class EpochSamplerState(TrainerCallback):
     """Exact resumption of the original's data order: remembers (epoch, generator state) as each
     epoch begins; in a resumed run, puts the generator back to the start of the resumed epoch
@@ -182,7 +191,7 @@ class MezoTrainer(Trainer):
         self.zo = a.zero_order_optim and not a.zero_order_use_trainer_optim
         # --zero_order_use_trainer_optim: the ZO estimate goes to .grad, the stock optimizer updates.
         self.zo_trainer = a.zero_order_optim and a.zero_order_use_trainer_optim
-        self.zo_ab = None
+        self.zo_ab = self.zo_method = None
         if self.zo or self.zo_trainer:
             # One seed per step from a generator seeded by --seed, as the reference does.
             self.zo_seeds = np.random.RandomState(a.seed)
@@ -193,6 +202,9 @@ class MezoTrainer(Trainer):
             self.zo_skipped = 0
             self.zo_forwards = 0
             self.noise = zo.default_noise(cache_z=a.zo_store_z)
+            # --zo_method: a method that followed MeZO, on the same step (src/mezo/zo_methods.py)
+            self.zo_method = None if a.zo_method == "mezo" else zo_methods.build_method(
+                a.zo_method, self.zo_params, eps=a.zero_order_eps, weight_decay=self.zo_decay, **zo_method_kwargs(a))
             if self.zo_trainer or zo_ablations.needs_state(a):
                 layers = getattr(getattr(self.model, "config", None), "num_hidden_layers", 1)
                 self.zo_ab = zo_ablations.ZOAblation(named, layers, a, self.noise)
@@ -253,6 +265,9 @@ class MezoTrainer(Trainer):
         if self.zo_ab is not None:
             return self.zo_ablation_direct_step(model, inputs)
         seed = int(self.zo_seeds.randint(1_000_000_000))
+        if self.zo_method is not None:
+            return self._zo_loss(self.zo_method.step(lambda: self.zo_forward(model, inputs), seed,
+                                                     self._get_learning_rate()))
         step = zo.mezo_step(self.zo_params, lambda: self.zo_forward(model, inputs), self.noise, seed,
                             eps=self.args.zero_order_eps, lr=self._get_learning_rate(), weight_decay=self.zo_decay)
         return self._zo_loss(step)

@@ -1,0 +1,84 @@
+"""--zo_method through run.py: each method of src/mezo/zo_methods.py trains on the demo split, and its
+Trainer step is the library's step (same seeds from RandomState(--seed), same learning rate)."""
+import json
+import types
+
+import numpy as np
+import pytest
+import torch
+
+import run
+import tiny
+from mezo import zo_methods
+from mezo.arguments import MezoTrainingArguments
+from mezo.data import Collator, original_train_sampler
+from mezo.models import PromptMLM
+from mezo.trainer import MezoTrainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _trainer(tmp_path, model, method, **kw):
+    args = MezoTrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=12, learning_rate=1e-3, max_steps=3,
+        logging_steps=1, seed=3, disable_tqdm=True, use_cpu=True, report_to="none", zero_order_optim=True,
+        efficient_zero_order=True, optimizer="sgd", zo_method=method, **kw)
+    return MezoTrainer(model=model, args=args, train_dataset=tiny.mask_dataset(), data_collator=Collator(1),
+                       dev_objective=lambda m: 0.0)
+
+
+# (fzoo divides its step by the spread of N nearly equal losses, which turns float rounding between
+# two otherwise identical forwards into visible differences; its rule is checked in test_zo_methods.py)
+@pytest.mark.parametrize("method", ["sign", "momentum", "adam", "hizoo", "lozo"])
+def test_trainer_step_is_the_library_step(tmp_path, tiny_roberta_dir, method):
+    from transformers import AutoModelForMaskedLM
+    mlm = AutoModelForMaskedLM.from_pretrained(tiny_roberta_dir, hidden_dropout_prob=0.0,
+                                               attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = PromptMLM(mlm, 2, [10, 20])
+    ref = PromptMLM(AutoModelForMaskedLM.from_pretrained(tiny_roberta_dir, hidden_dropout_prob=0.0,
+                                                         attention_probs_dropout_prob=0.0), 2, [10, 20])
+    ref.load_state_dict(model.state_dict())
+    _trainer(tmp_path, model, method).train()    # one batch of all 12 rows per step
+    params = [p for p in ref.parameters() if p.requires_grad]
+    lib = zo_methods.build_method(method, params, eps=1e-3, weight_decay=0.0)
+    torch.manual_seed(3)   # the Trainer seeds with --seed, then its loader draws the data order
+    order = list(original_train_sampler(range(12), types.SimpleNamespace(data_seed=None)))
+    batch = Collator(1)([tiny.mask_dataset()[i] for i in order])
+    seeds = np.random.RandomState(3)
+    ref.eval()
+    for _ in range(3):
+        lib.step(lambda: ref(**batch).loss, int(seeds.randint(1_000_000_000)), 1e-3)
+    for a, b in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)   # a wrong seed or lr misses by ~5e-4
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), PromptMLM(
+        AutoModelForMaskedLM.from_pretrained(tiny_roberta_dir), 2, [10, 20]).parameters()))
+
+
+def test_run_py_trains_with_a_method_and_records_it(tmp_path):
+    data = tiny.small_uci_split(tmp_path / "d", test_rows=8)
+    log = tmp_path / "log"
+    argv = ["--model_name_or_path", "splade-tiny", "--task_name", "uci-sentiment", "--data_dir", data,
+            "--few_shot_type", "prompt", "--template", tiny.SENT_TEMPLATE, "--mapping", tiny.SENT_MAPPING,
+            "--output_dir", str(tmp_path / "o"), "--log_file", str(log), "--do_train", "--do_eval", "--do_predict",
+            "--max_steps", "2", "--per_device_train_batch_size", "8", "--zero_order_optim", "--efficient_zero_order",
+            "--zo_method", "lozo", "--lozo_rank", "2", "--lozo_nu", "1", "--disable_tqdm", "true"]
+    assert run.main(argv) == 0
+    rec = json.loads(log.read_text().splitlines()[0])
+    assert rec["zo_method"] == "lozo" and rec["lozo_rank"] == 2 and rec["global_step"] == 2
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--zo_method", "hizoo"], "--zo_method hizoo: needs --zero_order_optim"),
+    (["--zero_order_optim", "--zo_method", "conservative", "--weight_decay", "0.1"], "defined without weight decay"),
+    (["--zero_order_optim", "--zo_method", "fzoo", "--fzoo_n", "1"], "--fzoo_n 1"),
+    (["--zero_order_optim", "--zo_method", "sign", "--layer_wise_optim"], "--layer_wise_optim: a MeZO ablation"),
+])
+def test_method_flags_are_checked(tmp_path, capsys, extra, needle):
+    data = tiny.small_uci_split(tmp_path / "d", test_rows=8)
+    argv = ["--model_name_or_path", "splade-tiny", "--task_name", "uci-sentiment", "--data_dir", data,
+            "--few_shot_type", "prompt", "--template", tiny.SENT_TEMPLATE, "--mapping", tiny.SENT_MAPPING,
+            "--output_dir", str(tmp_path / "o"), "--log_file", str(tmp_path / "log"), "--do_train", *extra]
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and needle in err[-1], err
