@@ -340,14 +340,18 @@ def build_data(model_args, data_args, training_args, task, tokenizer):
     return sets, word_ids
 
 
-def metric_fn(task):
-    from mezo.data import average_over_samples
+class SampledMetrics:
+    """compute_metrics for the Trainer: logits averaged over the evaluated split's `num_sample` demo
+    resamplings (set before each evaluation), then the task's metrics."""
 
-    def compute(pred, num_sample):
-        logits, labels = average_over_samples(pred.predictions, pred.label_ids, num_sample)
-        preds = logits if task.output_mode == "regression" else logits.argmax(-1)
-        return task.compute_metrics(preds, labels)
-    return compute
+    def __init__(self, task, num_sample=1):
+        self.task, self.num_sample = task, num_sample
+
+    def __call__(self, pred):
+        from mezo.data import average_over_samples
+        logits, labels = average_over_samples(pred.predictions, pred.label_ids, self.num_sample)
+        preds = logits if self.task.output_mode == "regression" else logits.argmax(-1)
+        return self.task.compute_metrics(preds, labels)
 
 
 def main(argv=None) -> int:
@@ -367,11 +371,18 @@ def main(argv=None) -> int:
 def run(argv=None) -> int:
     start = time.time()
     model_args, data_args, training_args, task, resume = setup(argv)
+    trainer, datasets, tokenizer = build_trainer(model_args, data_args, training_args, task)
+    summary = train(trainer, datasets, tokenizer, task, resume, model_args, data_args, training_args)
+    finish(trainer, datasets, task, summary, start, model_args, data_args, training_args)
+    return 0
 
-    from mezo import models, peft, results
+
+def build_trainer(model_args, data_args, training_args, task):
+    """Tokenizer, datasets, model (with LoRA / prefix surgery and freezing) and the Trainer."""
+    from mezo import models, peft
     from mezo.data import Collator
     from mezo.tasks import dev_objective
-    from mezo.trainer import MezoTrainer, StartupClock
+    from mezo.trainer import MezoTrainer
 
     tokenizer = models.load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                       model_args.cache_dir)
@@ -379,49 +390,59 @@ def run(argv=None) -> int:
     model = models.build_model(model_args, training_args, task, word_ids, model_args.prompt)
     peft.apply(model, model_args, training_args)
     models.set_trainable(model, model_args, training_args)
-    n_trainable = models.count_trainable(model)
-    print(f"trainable parameters: {n_trainable:,} of {sum(p.numel() for p in model.parameters()):,}")
-
-    compute = metric_fn(task)
-    num_sample = datasets["dev"].num_sample if "dev" in datasets else 1
+    print(f"trainable parameters: {models.count_trainable(model):,} of {sum(p.numel() for p in model.parameters()):,}")
     trainer = MezoTrainer(
-        model=model, args=training_args, train_dataset=datasets.get("train"),
-        eval_dataset=datasets.get("dev"),
+        model=model, args=training_args, train_dataset=datasets.get("train"), eval_dataset=datasets.get("dev"),
         data_collator=Collator(tokenizer.pad_token_id, getattr(tokenizer, "pad_token_type_id", 0)),
-        compute_metrics=lambda p: compute(p, num_sample), dev_objective=dev_objective)
+        compute_metrics=SampledMetrics(task), dev_objective=dev_objective,
+        arg_groups=(model_args, data_args, training_args))   # the run's fingerprint in checkpoints
+    return trainer, datasets, tokenizer
+
+
+def train(trainer, datasets, tokenizer, task, resume, model_args, data_args, training_args) -> dict:
+    """Linear probe and/or training (best-dev weights restored), saving what was asked; the summary."""
+    from mezo import models
+    from mezo.trainer import StartupClock
+
+    model, a = trainer.model, training_args
+    trainer.compute_metrics.num_sample = datasets["dev"].num_sample if "dev" in datasets else 1
     startup = StartupClock()
     trainer.add_callback(startup)
-
-    summary = {}
-    if training_args.trainer == "linearhead" or training_args.from_linearhead:
+    summary = {"trainable_params": models.count_trainable(model)}
+    if a.trainer == "linearhead" or a.from_linearhead:
         from mezo.linearhead import fit_linear_head
-        summary.update(fit_linear_head(trainer, model, datasets.get("train"), task, training_args) or {})
+        summary.update(fit_linear_head(trainer, model, datasets.get("train"), task, a) or {})
     train_start = time.time()
-    if training_args.do_train and training_args.trainer != "linearhead":
-        trainer.run_arg_groups = (model_args, data_args, training_args)  # fingerprint in checkpoints
+    if a.do_train and a.trainer != "linearhead":
         out = trainer.train(resume_from_checkpoint=resume)
         summary["train_loss"] = out.training_loss
         trainer.restore_best()
         summary.update(trainer.train_summary())
         summary["train_steps_per_s"] = summary["global_step"] / max(time.time() - train_start, 1e-9)
         summary["startup_s"] = startup.seconds   # process start -> first training step
-    if training_args.save_at_last and trainer.is_world_process_zero():
-        save_trainable(model, training_args.output_dir)
-    if training_args.save_model and trainer.is_world_process_zero():
+    if a.save_at_last and trainer.is_world_process_zero():
+        save_trainable(model, a.output_dir)
+    if a.save_model and trainer.is_world_process_zero():
         from mezo import export
-        print(f"model saved to {export.save(model, tokenizer, datasets, task, model_args, data_args, training_args)}")
+        print(f"model saved to {export.save(model, tokenizer, datasets, task, model_args, data_args, a)}")
+    return summary
+
+
+def finish(trainer, datasets, task, summary, start, model_args, data_args, training_args) -> None:
+    """Dev and test evaluation, metric files, and the record appended to --log_file (never lost)."""
+    from mezo import results
 
     dev_metrics = test_metrics = None
     if "dev" in datasets:
         dev_metrics = trainer.evaluate(datasets["dev"])
     if "test" in datasets:
-        num_sample = datasets["test"].num_sample
+        trainer.compute_metrics.num_sample = datasets["test"].num_sample
         test_metrics = trainer.evaluate(datasets["test"])
         if training_args.save_logit:
             save_logits(trainer, datasets["test"], data_args, training_args)
     write_metrics_files(training_args.output_dir, task.name, dev_metrics, test_metrics,
                         trainer.is_world_process_zero())
-    summary.update(wall_time_s=time.time() - start, trainable_params=n_trainable, world_size=training_args.world_size,
+    summary.update(wall_time_s=time.time() - start, world_size=training_args.world_size,
                    peak_memory_bytes=results.peak_memory_bytes(training_args.device))
     if trainer.is_world_process_zero():
         record = results.make_record(task.name, training_args.output_dir, dev_metrics, test_metrics,
@@ -430,7 +451,6 @@ def run(argv=None) -> int:
             if m:
                 print(f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float)))
         results.save_record(training_args.log_file, record, training_args.output_dir)  # never lost
-    return 0
 
 
 def write_metrics_files(output_dir, task_name, dev, test, is_main):

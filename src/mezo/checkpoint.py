@@ -275,7 +275,7 @@ def save(trainer, trial=None) -> str:
     trainer._save_rng_state(tmp)
     trainer.store_flos()
     state.save_to_json(os.path.join(tmp, TRAINER_STATE))
-    groups = getattr(trainer, "run_arg_groups", None) or (trainer.args,)
+    groups = trainer.run_arg_groups
     meta = {"format": FORMAT, "global_step": state.global_step, "epoch": state.epoch,
             "max_steps": state.max_steps, "train_examples": len(trainer.train_dataset),
             "trainable": {n: list(t.shape) for n, t in weights.items()},

@@ -176,8 +176,9 @@ class StartupClock(TrainerCallback):
 class MezoTrainer(Trainer):
     """Trainer whose step is MeZO when `--zero_order_optim` is on, the stock backprop step otherwise."""
 
-    def __init__(self, *args, dev_objective=None, **kwargs):
+    def __init__(self, *args, dev_objective=None, arg_groups=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.run_arg_groups = arg_groups or (self.args,)   # what a checkpoint must match to be resumed
         self.best = BestDevCallback(dev_objective)
         self.add_callback(self.best)
         self.add_callback(checkpoint.ResumeCallback(self))

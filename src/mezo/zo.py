@@ -71,9 +71,9 @@ def mezo_step(params, loss_fn: Callable[[], torch.Tensor], noise: Noise, seed: i
     upd, wd = per_param(upd, n, "upd"), per_param(weight_decay, n, "weight_decay")
 
     noise.add_(params, seed, plus)                                        # theta + eps z
-    loss_plus = _loss(loss_fn, lambda: noise.add_(params, seed, [-s for s in plus]))
+    loss_plus = guarded_loss(loss_fn, lambda: noise.add_(params, seed, [-s for s in plus]))
     noise.add_(params, seed, [-2.0 * s for s in plus])                    # theta - eps z
-    loss_minus = _loss(loss_fn, lambda: noise.add_(params, seed, plus))
+    loss_minus = guarded_loss(loss_fn, lambda: noise.add_(params, seed, plus))
     g = (loss_plus - loss_minus) / (2.0 * eps)                            # projected gradient
     if into_grad is not None or not math.isfinite(g):
         noise.add_(params, seed, plus)                                    # restore theta
@@ -86,7 +86,7 @@ def mezo_step(params, loss_fn: Callable[[], torch.Tensor], noise: Noise, seed: i
     return ZOStep(loss_plus, loss_minus, g, False)
 
 
-def _loss(loss_fn, undo) -> float:
+def guarded_loss(loss_fn, undo) -> float:
     """loss_fn() as a float; if it raises, take the perturbation back (``undo``) first."""
     try:
         return float(loss_fn())

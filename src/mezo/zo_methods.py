@@ -229,9 +229,9 @@ class ZOSGDConservative(ZOMethod):
         c = lr * st.grad
         params, noise = self.params, self.noise
         noise.add_(params, seed, -c)                      # theta - lr g z
-        l1 = _finite_or_inf(zo._loss(loss_fn, lambda: noise.add_(params, seed, c)))
+        l1 = _finite_or_inf(zo.guarded_loss(loss_fn, lambda: noise.add_(params, seed, c)))
         noise.add_(params, seed, 2.0 * c)                 # theta + lr g z
-        l2 = _finite_or_inf(zo._loss(loss_fn, lambda: noise.add_(params, seed, -c)))
+        l2 = _finite_or_inf(zo.guarded_loss(loss_fn, lambda: noise.add_(params, seed, -c)))
         if l1 > l0:
             if l0 < l2:
                 noise.add_(params, seed, -c)              # back to theta
