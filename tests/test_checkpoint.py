@@ -16,10 +16,9 @@ import tiny
 import torch
 
 import run
-from mezo import checkpoint, results
+from mezo import checkpoint
 
 # Record fields that may differ between an uninterrupted and a killed-and-resumed run.
-VOLATILE = results.VOLATILE_FIELDS
 
 # Runs run.py's main in a child process; optionally slows every step down (numerics untouched) so an
 # outside kill lands mid-training, or kills itself with SIGKILL at a chosen point of a checkpoint write.
@@ -135,17 +134,7 @@ def adam_ref(children, tmp_path_factory, tiny_roberta_dir, data_dir):
 
 def _resume_and_compare(ref, out, log, model_dir, data_dir, kind):
     assert not log.exists() or log.read_text() == ""  # the killed run appended nothing
-    assert run.main(argv(model_dir, data_dir, out, log, kind, "--resume_from_checkpoint", "auto")) == 0
-    weights = torch.load(out / "trainable_weights.pt", weights_only=True)
-    assert weights.keys() == ref["weights"].keys()
-    assert all(torch.equal(weights[k], ref["weights"][k]) for k in weights), "parameters differ"
-    rec, = [json.loads(line) for line in log.read_text().splitlines()]
-    differ = {k for k in set(rec) | set(ref["record"]) if rec.get(k) != ref["record"].get(k)}
-    differ = {k for k in differ if not k.endswith(("_runtime", "_per_second"))}
-    assert differ <= VOLATILE, sorted(differ - VOLATILE)
-    for key in ("uci-sentiment_dev_eval_acc", "uci-sentiment_test_eval_acc", "uci-sentiment_test_eval_loss",
-                "train_loss", "dev_curve", "best_dev_step", "global_step"):
-        assert key in rec and rec[key] == ref["record"][key], key
+    rec = tiny.resume_and_compare(ref, out, log, argv(model_dir, data_dir, out, log, kind))
     assert len(checkpoint.list_checkpoints(str(out))) <= 2  # --save_total_limit defaults to 2
     assert not [n for n in os.listdir(out) if n.startswith((".tmp-", ".trash-"))]
     return rec

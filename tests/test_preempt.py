@@ -15,11 +15,10 @@ import tiny
 import torch
 
 import run
-from mezo import checkpoint, results
+from mezo import checkpoint
 
 STEPS = 8  # 32 training examples, batch 8: 4 steps per epoch
 STOP_AT = 5  # neither a --save_steps (3) nor an --eval_steps (4) step, mid-epoch
-VOLATILE = results.VOLATILE_FIELDS
 
 # Runs run.main in a child. With PREEMPT_AT=k the process signals itself at the start of step k.
 # Why from inside: the handler only records the signal and the run acts at the next step boundary, so
@@ -80,18 +79,7 @@ def refs(children, tmp_path_factory, tiny_roberta_dir, data_dir, one_thread):
 
 
 def _resume_and_compare(ref, out, log, model_dir, data_dir, kind):
-    assert run.main(argv(model_dir, data_dir, out, log, kind, "--resume_from_checkpoint", "auto")) == 0
-    weights = torch.load(out / "trainable_weights.pt", weights_only=True)
-    assert weights.keys() == ref["weights"].keys()
-    assert all(torch.equal(weights[k], ref["weights"][k]) for k in weights), "parameters differ"
-    rec, = [json.loads(line) for line in log.read_text().splitlines()]
-    differ = {k for k in set(rec) | set(ref["record"]) if rec.get(k) != ref["record"].get(k)}
-    differ = {k for k in differ if not k.endswith(("_runtime", "_per_second")) and k != "save_total_limit"}
-    assert differ <= VOLATILE, sorted(differ - VOLATILE)
-    for key in ("uci-sentiment_dev_eval_acc", "uci-sentiment_test_eval_acc", "uci-sentiment_test_eval_loss",
-                "train_loss", "dev_curve", "best_dev_step", "global_step", "train_loss_curve"):
-        assert key in rec and rec[key] == ref["record"][key], key
-    return rec
+    return tiny.resume_and_compare(ref, out, log, argv(model_dir, data_dir, out, log, kind))
 
 
 @pytest.mark.parametrize("kind,signame", [("mezo", "SIGTERM"), ("adam", "SIGINT")])

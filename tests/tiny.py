@@ -110,3 +110,26 @@ def checkpointed_run_argv(model_dir, data_dir, out, log, kind, steps, *extra):
     else:
         a += ["--learning_rate", "1e-3"]
     return a + list(extra)
+
+
+def resume_and_compare(ref, out, log, argv):
+    """Resume a stopped run (`argv` + `--resume_from_checkpoint auto`) and check that its final
+    trainable weights and record equal the uninterrupted run's `ref` (timing and path fields aside)."""
+    import json
+
+    import torch
+
+    import run
+    from mezo.results import VOLATILE_FIELDS
+    assert run.main(list(argv) + ["--resume_from_checkpoint", "auto"]) == 0
+    weights = torch.load(out / "trainable_weights.pt", weights_only=True)
+    assert weights.keys() == ref["weights"].keys()
+    assert all(torch.equal(weights[k], ref["weights"][k]) for k in weights), "parameters differ"
+    rec, = [json.loads(line) for line in log.read_text().splitlines()]
+    differ = {k for k in set(rec) | set(ref["record"]) if rec.get(k) != ref["record"].get(k)}
+    differ = {k for k in differ if not k.endswith(("_runtime", "_per_second"))}
+    assert differ <= VOLATILE_FIELDS, sorted(differ - VOLATILE_FIELDS)
+    for key in ("uci-sentiment_dev_eval_acc", "uci-sentiment_test_eval_acc", "uci-sentiment_test_eval_loss",
+                "train_loss", "dev_curve", "best_dev_step", "global_step", "train_loss_curve"):
+        assert key in rec and rec[key] == ref["record"][key], key
+    return rec
