@@ -19,10 +19,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trainer(tmp_path, model, method, **kw):
-    args = MezoTrainingArguments(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=12, learning_rate=1e-3, max_steps=3,
-        logging_steps=1, seed=3, disable_tqdm=True, use_cpu=True, report_to="none", zero_order_optim=True,
-        efficient_zero_order=True, optimizer="sgd", zo_method=method, **kw)
+    kw = dict(dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=12, learning_rate=1e-3, max_steps=3,
+                   logging_steps=1, seed=3, disable_tqdm=True, use_cpu=True, report_to="none",
+                   zero_order_optim=True, efficient_zero_order=True, optimizer="sgd", zo_method=method), **kw)
+    args = MezoTrainingArguments(**kw)
     return MezoTrainer(model=model, args=args, train_dataset=tiny.mask_dataset(), data_collator=Collator(1),
                        dev_objective=lambda m: 0.0)
 
@@ -82,3 +82,26 @@ def test_method_flags_are_checked(tmp_path, capsys, extra, needle):
     assert run.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and needle in err[-1], err
+
+
+@pytest.mark.parametrize("method", ["mezo", "lozo"])
+def test_gradient_accumulation_equals_the_full_batch(tmp_path, tiny_roberta_dir, method):
+    """--gradient_accumulation_steps 3 with micro-batches of 4 gives the parameters of batch 12: the
+    same rows per update (the sampler's order), one seed per update, the losses averaged under the
+    same perturbation."""
+    from transformers import AutoModelForMaskedLM
+    finals = []
+    for bs, accum in ((12, 1), (4, 3)):
+        mlm = AutoModelForMaskedLM.from_pretrained(tiny_roberta_dir, hidden_dropout_prob=0.0,
+                                                   attention_probs_dropout_prob=0.0)
+        torch.manual_seed(0)
+        model = PromptMLM(mlm, 2, [10, 20])
+        t = _trainer(tmp_path / f"{bs}", model, method, per_device_train_batch_size=bs,
+                     gradient_accumulation_steps=accum)
+        t.train()
+        assert t.state.global_step == 3 and t.zo_forwards == 3 * 2 * accum
+        finals.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*finals):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert any(not torch.equal(a, b) for a, b in zip(finals[0], PromptMLM(
+        AutoModelForMaskedLM.from_pretrained(tiny_roberta_dir), 2, [10, 20]).parameters()))

@@ -193,6 +193,7 @@ class MezoTrainer(Trainer):
         # --zero_order_use_trainer_optim: the ZO estimate goes to .grad, the stock optimizer updates.
         self.zo_trainer = a.zero_order_optim and a.zero_order_use_trainer_optim
         self.zo_ab = self.zo_method = None
+        self.zo_micro = []   # micro-batches of the current update (--gradient_accumulation_steps)
         if self.zo or self.zo_trainer:
             # One seed per step from a generator seeded by --seed, as the reference does.
             self.zo_seeds = np.random.RandomState(a.seed)
@@ -265,13 +266,29 @@ class MezoTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         if self.zo_ab is not None:
             return self.zo_ablation_direct_step(model, inputs)
+        loss_fn = self._zo_update_loss(model, inputs)
+        if loss_fn is None:   # a micro-batch kept for the update's loss (--gradient_accumulation_steps)
+            return torch.tensor(0.0, device=self.args.device)
         seed = int(self.zo_seeds.randint(1_000_000_000))
         if self.zo_method is not None:
-            return self._zo_loss(self.zo_method.step(lambda: self.zo_forward(model, inputs), seed,
-                                                     self._get_learning_rate()))
-        step = zo.mezo_step(self.zo_params, lambda: self.zo_forward(model, inputs), self.noise, seed,
-                            eps=self.args.zero_order_eps, lr=self._get_learning_rate(), weight_decay=self.zo_decay)
+            return self._zo_loss(self.zo_method.step(loss_fn, seed, self._get_learning_rate()))
+        step = zo.mezo_step(self.zo_params, loss_fn, self.noise, seed, eps=self.args.zero_order_eps,
+                            lr=self._get_learning_rate(), weight_decay=self.zo_decay)
         return self._zo_loss(step)
+
+    def _zo_update_loss(self, model, inputs):
+        """The loss of this update: one batch, or with --gradient_accumulation_steps n the size-weighted
+        mean of the update's n micro-batch losses under the same perturbation (one seed), i.e. the
+        full-batch loss with one micro-batch's activations. None until the last micro-batch arrives."""
+        n = max(1, int(getattr(self, "current_gradient_accumulation_steps", 1) or 1))
+        if n == 1 and not self.zo_micro:
+            return lambda: self.zo_forward(model, inputs)
+        self.zo_micro.append(inputs)
+        if len(self.zo_micro) < n:
+            return None
+        parts = [((lambda b=b: self.zo_forward(model, b)), len(b["input_ids"])) for b in self.zo_micro]
+        self.zo_micro = []
+        return zo_methods.accumulated_loss(parts)
 
     def _zo_loss(self, step) -> torch.Tensor:
         """The loss the loop logs for a MeZO step; a skipped (non-finite) step is counted and logged."""
