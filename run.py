@@ -56,8 +56,9 @@ def validate(model_args, data_args, training_args, task):
     if a.do_train and a.evaluate_during_training and not a.eval_steps:
         raise UsageError("--eval_steps: required with --evaluate_during_training")
     validate_run_control(a)
-    direct_ablation = a.zo_variant or a.layer_wise_optim
-    if a.zero_order_optim and a.gradient_accumulation_steps != 1 and direct_ablation and not a.zero_order_use_trainer_optim:
+    direct_ablation = (a.zero_order_optim and not a.zero_order_use_trainer_optim
+                       and (a.zo_variant or a.layer_wise_optim))
+    if a.gradient_accumulation_steps != 1 and direct_ablation:
         raise UsageError(f"--gradient_accumulation_steps {a.gradient_accumulation_steps}: not with --zo_variant or "
                          "--layer_wise_optim on the direct MeZO update (add --zero_order_use_trainer_optim)")
     if model_args.apply_lora and (not model_args.lora_r or not model_args.lora_alpha):

@@ -602,10 +602,6 @@ class VmapLosses:
             return torch.func.vmap(f)(*stacked).tolist()
 
 
-# Methods whose directions are MeZO's z (the Trainer's FastNoise, with --zo_cache_z, may be passed
-# as ``noise``); the others define their own direction kind.
-FAST_NOISE_METHODS = ("mezo", "sign", "conservative", "momentum")
-
 METHODS = {
     "mezo": MeZO, "sign": ZOSGDSign, "conservative": ZOSGDConservative, "momentum": ZOSGDMomentum,
     "adam": ZOAdam, "hizoo": HiZOO, "lozo": LOZO, "lozo_m": LOZO, "fzoo": FZOO,
