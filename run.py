@@ -404,7 +404,7 @@ def build_trainer(model_args, data_args, training_args, task):
 def train(trainer, datasets, tokenizer, task, resume, model_args, data_args, training_args) -> dict:
     """Linear probe and/or training (best-dev weights restored), saving what was asked; the summary."""
     from mezo import models
-    from mezo.trainer import StartupClock
+    from mezo.callbacks import StartupClock
 
     model, a = trainer.model, training_args
     trainer.compute_metrics.num_sample = datasets["dev"].num_sample if "dev" in datasets else 1

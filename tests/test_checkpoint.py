@@ -16,7 +16,7 @@ import tiny
 import torch
 
 import run
-from mezo import checkpoint
+from mezo import checkpoint, zo_run
 
 # Record fields that may differ between an uninterrupted and a killed-and-resumed run.
 
@@ -25,12 +25,14 @@ from mezo import checkpoint
 DRIVER = r"""
 import os, signal, sys, time
 import run
-from mezo import checkpoint
+from mezo import checkpoint, zo_run
+from mezo.callbacks import DataOrder
+from mezo.trainer import MezoTrainer
 mode = os.environ.get("KILL_MODE", "")
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 if mode == "slow":
-    checkpoint.ResumeCallback.on_step_end = lambda self, *a, **k: time.sleep(0.08)
+    DataOrder.on_step_end = lambda self, *a, **k: time.sleep(0.08)
 elif mode.startswith("before_rename:"):      # tmp folder complete and fsynced, not yet renamed
     name = ".tmp-checkpoint-" + mode.split(":")[1]
     fsync = checkpoint._fsync_path
@@ -41,12 +43,12 @@ elif mode.startswith("before_rename:"):      # tmp folder complete and fsynced, 
     checkpoint._fsync_path = patched
 elif mode.startswith("mid_write:"):          # trainable weights written, the rest not
     step = int(mode.split(":")[1])
-    extra = checkpoint.extra_state
+    extra = MezoTrainer.extra_state
     def patched(trainer):
         if trainer.state.global_step == step:
             die()
         return extra(trainer)
-    checkpoint.extra_state = patched
+    MezoTrainer.extra_state = patched
 elif mode.startswith("in_remove:"):          # old checkpoint renamed away, not yet deleted
     step = int(mode.split(":")[1])
     def patched(path, out):
@@ -215,8 +217,8 @@ def test_zo_seed_generator_state_roundtrip():
     a.randint(1_000_000_000, size=7)
     a.standard_normal()  # leaves a cached gaussian
     b = np.random.RandomState(0)
-    saved = checkpoint._random_state(a)
+    saved = zo_run.random_state_to_tensors(a)
     torch.save(saved, "/dev/null")  # plain tensors / numbers: loadable with weights_only=True
-    checkpoint._set_random_state(b, saved)
+    zo_run.set_random_state(b, saved)
     assert a.randint(1_000_000_000, size=5).tolist() == b.randint(1_000_000_000, size=5).tolist()
     assert a.standard_normal() == b.standard_normal()

@@ -18,7 +18,8 @@ from mezo.arguments import MezoTrainingArguments, parse_args
 from mezo.data import Collator
 from mezo.models import PromptMLM
 from mezo.tasks import get_task
-from mezo.trainer import BestDevCallback, MezoTrainer
+from mezo.callbacks import BestDevCallback
+from mezo.trainer import MezoTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

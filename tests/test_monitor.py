@@ -99,43 +99,32 @@ def test_progress_bar_shows_steps_eta_and_dev_score(tmp_path, small_data, tiny_b
     assert re.search(r"4/4 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(step/s|s/step)", last), last
 
 
-class FakeTrainer:
-    def __init__(self):
-        from types import SimpleNamespace
-        self.args = SimpleNamespace(train_batch_size=16, gradient_accumulation_steps=1, world_size=1)
-        self.train_dataset = list(range(32))
-        self.state = SimpleNamespace(global_step=0)
-        self.zo_params = [object()]
-        self.zo_skipped = 0
-
-
 def test_window_means_skip_nonfinite_steps_and_reset():
-    t = FakeTrainer()
-    m = monitor.StepMonitor(t)
+    from types import SimpleNamespace
+    run = SimpleNamespace(params=[object()], skipped=0)   # the parts of zo_run.ZORun the monitor reads
+    args = SimpleNamespace(train_batch_size=16, gradient_accumulation_steps=1, world_size=1)
+    m = monitor.StepMonitor(run, monitor.examples_per_step(args, list(range(32))))
     m.busy = 2.0  # seconds inside the window's updates (on_step_begin .. on_step_end)
     m.record(ZOStep(1.0, 3.0, 10.0, False))
     m.record(ZOStep(float("nan"), 1.0, 0.0, True))
-    t.zo_skipped = 1
+    run.skipped = 1
     m.record(ZOStep(2.0, 5.0, -4.0, False))
-    t.state.global_step = 3
-    logs = m.extend({"loss": 1.5, "learning_rate": 0.1})
+    logs = m.extend({"loss": 1.5, "learning_rate": 0.1}, 3)
     assert (logs["zo_loss_plus"], logs["zo_loss_minus"], logs["zo_projected_grad"]) == (1.5, 4.0, 3.0)
     assert logs["zo_skipped_steps"] == 1
     assert logs["train_examples_per_s"] == 3 * 16 / 2.0
-    assert m.extend({"eval_acc": 0.5}) == {"eval_acc": 0.5}  # evaluation logs pass unchanged
-    t.state.global_step = 4
-    logs = m.extend({"loss": 1.0})
+    assert m.extend({"eval_acc": 0.5}, 3) == {"eval_acc": 0.5}  # evaluation logs pass unchanged
+    logs = m.extend({"loss": 1.0}, 4)
     assert "zo_loss_plus" not in logs  # a new window: no step recorded yet
 
 
 def test_throughput_counts_only_time_inside_updates():
     import time
-    t = FakeTrainer()
-    m = monitor.StepMonitor(t)
-    m.on_step_begin(None, t.state, None)
+    from types import SimpleNamespace
+    m = monitor.StepMonitor(SimpleNamespace(params=[object()], skipped=0), examples_per_step=16)
+    m.on_step_begin(None, None, None)
     time.sleep(0.05)
-    m.on_step_end(None, t.state, None)
+    m.on_step_end(None, None, None)
     time.sleep(0.2)  # an evaluation between steps: not counted
-    t.state.global_step = 1
-    rate = m.extend({"loss": 1.0})["train_examples_per_s"]
+    rate = m.extend({"loss": 1.0}, 1)["train_examples_per_s"]
     assert 16 / 0.2 < rate <= 16 / 0.05

@@ -16,6 +16,7 @@ import torch
 
 import run
 from mezo import checkpoint
+from mezo.callbacks import DataOrder
 
 STEPS = 8  # 32 training examples, batch 8: 4 steps per epoch
 STOP_AT = 5  # neither a --save_steps (3) nor an --eval_steps (4) step, mid-epoch
@@ -28,16 +29,16 @@ STOP_AT = 5  # neither a --save_steps (3) nor an --eval_steps (4) step, mid-epoc
 DRIVER = r"""
 import os, signal, sys
 import run
-from mezo import checkpoint
+from mezo.callbacks import DataOrder
 at = int(os.environ.get("PREEMPT_AT", "0"))
 sig = getattr(signal, os.environ.get("PREEMPT_SIGNAL", "SIGTERM"))
 def begin(self, args, state, control, **kw):
     if state.global_step == at - 1:
         os.kill(os.getpid(), sig)
-checkpoint.ResumeCallback.on_step_begin = begin
+DataOrder.on_step_begin = begin
 if os.environ.get("PREEMPT_SLOW"):  # numerics untouched; leaves time for an outside kill mid-run
     import time
-    checkpoint.ResumeCallback.on_step_end = lambda self, *a, **k: time.sleep(0.3)
+    DataOrder.on_step_end = lambda self, *a, **k: time.sleep(0.3)
 sys.exit(run.main(sys.argv[1:]))
 """
 
@@ -175,7 +176,7 @@ def test_signal_at_the_last_step_stops_without_record(tmp_path, tiny_roberta_dir
     def begin(self, args, state, control, **kw):
         if state.global_step == 1:
             os.kill(os.getpid(), signal.SIGTERM)
-    monkeypatch.setattr(checkpoint.ResumeCallback, "on_step_begin", begin, raising=False)
+    monkeypatch.setattr(DataOrder, "on_step_begin", begin, raising=False)
     log = tmp_path / "log"
     rc = run.main(argv(tiny_roberta_dir, data_dir, tmp_path / "out", log, "mezo", "--max_steps", "2"))
     assert rc == 128 + signal.SIGTERM
@@ -191,7 +192,7 @@ def test_no_handler_without_checkpoints(tmp_path, tiny_roberta_dir, data_dir, mo
 
     def begin(self, args, state, control, **kw):
         seen.append(signal.getsignal(signal.SIGTERM))
-    monkeypatch.setattr(checkpoint.ResumeCallback, "on_step_begin", begin, raising=False)
+    monkeypatch.setattr(DataOrder, "on_step_begin", begin, raising=False)
     a = argv(tiny_roberta_dir, data_dir, tmp_path / "out", tmp_path / "log", "mezo", "--max_steps", "1",
              "--save_steps", "0")
     assert run.main(a) == 0

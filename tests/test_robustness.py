@@ -15,7 +15,9 @@ from transformers import TrainerCallback
 import run
 from mezo import results
 from mezo.errors import TrainingDiverged
-from mezo.trainer import MezoTrainer, skip_limit
+from mezo.callbacks import DataOrder
+from mezo.trainer import MezoTrainer
+from mezo.zo_run import skip_limit
 
 TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
 MAPPING = "{0:'terrible',1:'great'}"
@@ -233,7 +235,7 @@ def _zo_trainer(tmp_path, tiny_roberta_dir, **kw):
 
 
 def _params(trainer):
-    return [p.detach().clone() for p in trainer.zo_params]
+    return [p.detach().clone() for p in trainer.zo_run.params]
 
 
 @pytest.mark.parametrize("cache_z", [False, True])
@@ -257,7 +259,7 @@ def test_nan_loss_skips_update_params_unchanged(tmp_path, tiny_roberta_dir, capl
     trainer.add_callback(Snap())
     trainer.train()
     after = _params(trainer)
-    assert trainer.zo_skipped == 1 and trainer.zo_forwards == 4
+    assert trainer.zo_run.skipped == 1 and trainer.zo_run.forwards == 4
     moved = max((a - b).abs().max().item() for a, b in zip(snapshots[1], snapshots[0]))
     assert moved > 1e-5  # a normal step does move theta
     # the skipped step leaves theta as it was, up to the float32 rounding of theta + eps z - 2 eps z + eps z
@@ -297,14 +299,13 @@ def test_skip_threshold_run_exits_3_log_untouched(tmp_path, data_dir, capsys, mo
 # ----- a finished run's record is never lost --------------------------------------------------------
 def test_record_kept_next_to_outputs_when_the_log_breaks_during_the_run(tmp_path, data_dir, capsys, monkeypatch):
     """The log passes the checks before training, then turns into a folder: exit 4, record in output_dir."""
-    from mezo import checkpoint
     log, out = tmp_path / "log", tmp_path / "out"
     log.write_bytes(LOG_BEFORE)
 
     def break_log(self, args, state, control, **kw):
         log.unlink()
         log.mkdir()
-    monkeypatch.setattr(checkpoint.ResumeCallback, "on_train_end", break_log, raising=False)
+    monkeypatch.setattr(DataOrder, "on_train_end", break_log, raising=False)
     assert run.main(_argv(data_dir, out, log)) == 4
     captured = capsys.readouterr()
     err = [line for line in captured.err.strip().splitlines() if not line.startswith("Loading weights")]

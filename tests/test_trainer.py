@@ -10,7 +10,8 @@ from mezo.zo_backend import FastNoise
 from mezo.arguments import MezoTrainingArguments
 from mezo.data import Collator
 from mezo.models import PromptMLM
-from mezo.trainer import BestDevCallback, MezoTrainer
+from mezo.callbacks import BestDevCallback
+from mezo.trainer import MezoTrainer
 
 
 _dataset = tiny.mask_dataset
@@ -46,7 +47,7 @@ def test_exactly_max_steps_and_eval_every_eval_steps(tmp_path, tiny_roberta_dir,
     assert [s for s, _ in trainer.best.curve] == [3, 6]  # no extra evaluation at step 7
     assert trainer.best.best_step == 6  # scores 0.5, 0.7: the second is strictly better
     if zo_on:
-        assert trainer.zo_forwards == 14
+        assert trainer.zo_run.forwards == 14
 
 
 def test_best_dev_takes_first_strictly_best_and_restores_it():

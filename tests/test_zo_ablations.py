@@ -108,7 +108,7 @@ def test_trainer_optim_sgd_equals_direct_path(tmp_path, mlm_state):
         trainer = _trainer(tmp_path / str(i), model, trainer_optim=trainer_optim, max_steps=3,
                            per_device_train_batch_size=4)
         trainer.train()
-        assert trainer.state.global_step == 3 and trainer.zo_forwards == 6
+        assert trainer.state.global_step == 3 and trainer.zo_run.forwards == 6
         finals.append([p.detach().clone() for p in _params(model)])
     assert any(not torch.equal(a, b) for a, b in zip(finals[0], _params(_model(mlm_state))))
     _close(finals[1], finals[0])
@@ -203,9 +203,9 @@ def test_scale_norm_by_num_params(tmp_path, mlm_state, corrected):
     n0 = sum(p.numel() for n, p in named if ".layer.0." in n)
     t = _trainer(tmp_path, model, zo_variant="param_norm", scale_norm_by_num_params=True,
                  zo_variant_corrected=corrected)
-    t.zo_ab.compute_consts(None, None, None)
+    t.zo_run.ab.compute_consts(None, None, None)
     want = hand / math.sqrt(n0) if corrected else hand / math.sqrt(hand)
-    assert t.zo_ab.consts["layer.0."] == pytest.approx(want)
+    assert t.zo_run.ab.consts["layer.0."] == pytest.approx(want)
 
 
 def _variant_hand(mlm_state, consts_fn, change=False, pert_scaled=True):
@@ -239,7 +239,7 @@ def test_param_norm_variant_step(tmp_path, mlm_state, direct, change, efficient,
                  efficient_zero_order=efficient, zo_variant_corrected=corrected)
     t.train()
     _close([p.detach() for p in _params(model)], expect)
-    assert set(t.zo_ab.consts) == {"embed", "lm_head", "layer.0.", "layer.1."}
+    assert set(t.zo_run.ab.consts) == {"embed", "lm_head", "layer.0.", "layer.1."}
 
 
 def test_grad_norm_variant_step(tmp_path, mlm_state):
@@ -258,7 +258,7 @@ def test_grad_norm_variant_step(tmp_path, mlm_state):
     t = _trainer(tmp_path, model, zo_variant="grad_norm", zo_variant_corrected=True)
     t.train()
     for b, v in consts.items():
-        assert t.zo_ab.consts[b] == pytest.approx(v, rel=1e-4)
+        assert t.zo_run.ab.consts[b] == pytest.approx(v, rel=1e-4)
     _close([p.detach() for p in _params(model)], expect)
     assert all(p.grad is None for p in model.parameters())  # the norm pass leaves no .grad behind
 
@@ -279,14 +279,14 @@ def test_zo_grad_est_constants_and_recompute(tmp_path, mlm_state):
         t = _trainer(tmp_path / str(recompute), _model(mlm_state), zo_variant="grad_norm", use_zo_grad_est=True,
                      max_steps=2, recompute_norms=recompute)
         seen = []
-        orig = t.zo_ab.accumulate_step
+        orig = t.zo_run.ab.accumulate_step
 
         def spy(*a, **k):
-            seen.append(dict(t.zo_ab.consts))
+            seen.append(dict(t.zo_run.ab.consts))
             return orig(*a, **k)
-        t.zo_ab.accumulate_step = spy
+        t.zo_run.ab.accumulate_step = spy
         t.train()
-        assert t.zo_forwards == forwards
+        assert t.zo_run.forwards == forwards
         for key, v in hand.items():
             assert seen[0][key] == pytest.approx(v, rel=1e-3, abs=2e-4)
         assert (seen[0] != seen[1]) == recompute
@@ -297,7 +297,7 @@ def test_zo_by_layer_and_running_update(tmp_path, mlm_state):
     before = [p.detach().clone() for p in _params(model)]
     t = _trainer(tmp_path, model, zo_by_layer=True)
     t.train()
-    assert t.zo_forwards == 2 * 5  # embed, lm_head, layer.0., layer.1., rest (classifier)
+    assert t.zo_run.forwards == 2 * 5  # embed, lm_head, layer.0., layer.1., rest (classifier)
     ref = _model(mlm_state)
     named = [(n, p) for n, p in ref.named_parameters() if p.requires_grad]
     names = [n for n, _ in named]
@@ -315,12 +315,12 @@ def test_zo_by_layer_and_running_update(tmp_path, mlm_state):
     t = _trainer(tmp_path / "r", _model(mlm_state), zo_by_layer=True, zo_variant="grad_norm",
                  norm_running_update=True, max_steps=2)
     seen = []
-    orig = t.zo_ab.accumulate_step
+    orig = t.zo_run.ab.accumulate_step
 
     def spy(*a, **k):
-        seen.append(dict(t.zo_ab.consts))
+        seen.append(dict(t.zo_run.ab.consts))
         return orig(*a, **k)
-    t.zo_ab.accumulate_step = spy
+    t.zo_run.ab.accumulate_step = spy
     t.train()
     assert seen[0] != seen[1] and set(seen[1]) == {"embed", "lm_head", "layer.0.", "layer.1."}
 
@@ -355,11 +355,11 @@ def test_max_zo_forward_steps_stops_training(tmp_path, mlm_state):
     t = _trainer(tmp_path, _model(mlm_state), trainer_optim=False, max_steps=10, max_zo_forward_steps=5,
                  per_device_train_batch_size=4)
     t.train()
-    assert t.state.global_step == 3 and t.zo_forwards == 6  # stops once the count exceeds 5
+    assert t.state.global_step == 3 and t.zo_run.forwards == 6  # stops once the count exceeds 5
     t = _trainer(tmp_path / "n", _model(mlm_state), max_steps=10, max_zo_forward_steps=5, zero_order_sample=2,
                  per_device_train_batch_size=4)
     t.train()
-    assert t.state.global_step == 2 and t.zo_forwards == 8
+    assert t.state.global_step == 2 and t.zo_run.forwards == 8
 
 
 # --------------------------------------------------------------------------------- flag checks

@@ -99,7 +99,7 @@ def test_gradient_accumulation_equals_the_full_batch(tmp_path, tiny_roberta_dir,
         t = _trainer(tmp_path / f"{bs}", model, method, per_device_train_batch_size=bs,
                      gradient_accumulation_steps=accum)
         t.train()
-        assert t.state.global_step == 3 and t.zo_forwards == 3 * 2 * accum
+        assert t.state.global_step == 3 and t.zo_run.forwards == 3 * 2 * accum
         finals.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*finals):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

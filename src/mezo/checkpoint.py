@@ -7,21 +7,23 @@ files, restores the TrainerState (step, epoch, log history) and fast-forwards th
 at the start of that epoch (single process; several processes use the seedable sampler, which orders
 epoch e by `seed + e`). This module replaces only what the stock code gets wrong or lacks:
 
-* `save` (MezoTrainer._save_checkpoint): writes output_dir/checkpoint-<step>/ **atomically**: every
-  file goes into `.tmp-checkpoint-<step>`, is fsynced, then the folder is renamed. Only the
-  trainable parameters are written (not the whole model), plus `extra_state.pt` with what lives
-  outside the stock state: the MeZO seed generator (`trainer.zo_seeds`), the counters
-  (`zo_skipped`, `zo_forwards`), the best-dev callback (score, step, weights, dev curve) and the
-  training-loss accumulators (so that `train_loss` and the logged losses match an uninterrupted
-  run). `meta.json` (step, arguments that must not change) is written last. At most
+* `save` (called by the stock loop through MezoTrainer.save_run_checkpoint; src/mezo/hf_private.py):
+  writes output_dir/checkpoint-<step>/ **atomically**: every file goes into
+  `.tmp-checkpoint-<step>`, is fsynced, then the folder is renamed. Only the trainable parameters
+  are written (not the whole model), plus `extra_state.pt` with what lives outside the stock state
+  (`MezoTrainer.extra_state`): the ZO run's seed generator, counters and method state
+  (src/mezo/zo_run.py), the data order, the best-dev callback (score, step, weights, dev curve) and
+  the training-loss accumulators (so that `train_loss` and the logged losses match an
+  uninterrupted run). `meta.json` (step, arguments that must not change) is written last. At most
   `--save_total_limit` (default 2) checkpoints are kept; older ones are first renamed away, then
   deleted, so a kill at any moment leaves at least one complete checkpoint.
-* `load` (MezoTrainer._load_from_checkpoint): the trainable parameters and `extra_state.pt`.
+* `load` (MezoTrainer.load_run_checkpoint): the trainable parameters; it returns `extra_state.pt`,
+  which the trainer hands to the objects that own each part.
 * `damage` (used by `resolve`): a checkpoint is usable only if meta.json parses, names its own step,
   every file it lists has the recorded size, and every torch file passes its zip CRC check.
   `auto` skips a damaged newest checkpoint with a warning and takes the one before; an explicit
   damaged path is a usage error.
-* Preemption (src/mezo/preempt.py, re-exported here): SIGTERM/SIGINT writes one more checkpoint at the
+* Preemption (src/mezo/preempt.py): SIGTERM/SIGINT writes one more checkpoint at the
   end of the step in flight and stops the run.
 * No checkpoint is written at the last step: resuming there would need the stock loop to run zero
   steps mid-epoch, which it cannot; a run killed during its final evaluation redoes at most
@@ -37,10 +39,9 @@ import re
 import shutil
 import zipfile
 
-import numpy as np
 import torch
-from transformers import TrainerCallback
 
+from . import hf_private
 from .errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -219,38 +220,6 @@ def _remove(path: str, output_dir: str) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _random_state(rs: np.random.RandomState) -> list:
-    name, keys, pos, has_gauss, cached = rs.get_state(legacy=True)
-    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
-
-
-def _set_random_state(rs: np.random.RandomState, state) -> None:
-    name, keys, pos, has_gauss, cached = state
-    rs.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-
-
-def extra_state(trainer) -> dict:
-    best = trainer.best
-    state = {
-        "zo_seeds": _random_state(trainer.zo_seeds) if getattr(trainer, "zo_seeds", None) is not None else None,
-        "counters": {k: int(getattr(trainer, k)) for k in ("zo_skipped", "zo_forwards") if hasattr(trainer, k)},
-        # the data-order generator as the current epoch began (MezoTrainer.get_train_dataloader)
-        "sampler": getattr(trainer, "epoch_sampler_state", None),
-        # MeZO ablation state (src/mezo/zo_ablations.py), if that object exposes state_dict/load_state_dict
-        "zo_ab": trainer.zo_ab.state_dict() if hasattr(getattr(trainer, "zo_ab", None), "state_dict") else None,
-        # --zo_method's own state (momentum, Adam moments, HiZOO's Sigma, LOZO's V seeds)
-        "zo_method": trainer.zo_method.state_dict() if getattr(trainer, "zo_method", None) is not None else None,
-        "best": {"score": None if best.best_score is None else float(best.best_score),
-                 "step": best.best_step, "weights": best.best_state,
-                 "curve": [[int(s), float(v)] for s, v in best.curve]},
-        "loss": {"tr_loss": trainer._tr_loss.detach().to("cpu", copy=True),
-                 "total": float(trainer._total_loss_scalar),
-                 "last_logged": int(trainer._globalstep_last_logged),
-                 "initial_step": int(trainer._initial_global_step)},
-    }
-    return state
-
-
 def save(trainer, trial=None) -> str:
     """Write checkpoint-<global_step> atomically and rotate; returns its path (None if skipped)."""
     state = trainer.state
@@ -258,7 +227,7 @@ def save(trainer, trial=None) -> str:
         return None  # see the module docstring: never resume at the very end
     if not trainer.args.should_save:
         return None
-    out = trainer._get_output_dir(trial=trial)
+    out = hf_private.output_dir(trainer, trial)
     os.makedirs(out, exist_ok=True)
     for name in os.listdir(out):  # left over by a killed run
         if _LEFTOVER.match(name):
@@ -269,10 +238,8 @@ def save(trainer, trial=None) -> str:
 
     weights = {n: p.detach().to("cpu", copy=True) for n, p in trainer.model.named_parameters() if p.requires_grad}
     torch.save(weights, os.path.join(tmp, WEIGHTS))
-    torch.save(extra_state(trainer), os.path.join(tmp, EXTRA))
-    trainer._save_optimizer_and_scheduler(tmp)
-    trainer._save_scaler(tmp)
-    trainer._save_rng_state(tmp)
+    torch.save(trainer.extra_state(), os.path.join(tmp, EXTRA))
+    hf_private.save_stock_state(trainer, tmp)
     trainer.store_flos()
     state.save_to_json(os.path.join(tmp, TRAINER_STATE))
     groups = trainer.run_arg_groups
@@ -308,8 +275,9 @@ def rotate(output_dir: str, current: int, limit) -> None:
 
 
 # ----- reading ----------------------------------------------------------------------------------
-def load(trainer, path: str) -> None:
-    """Trainable parameters and the extra state; the stock loop loads the rest."""
+def load(trainer, path: str) -> dict:
+    """Load the trainable parameters; return the extra state (the trainer hands it to its owners).
+    The stock loop loads the rest."""
     if not is_complete(path):
         raise UsageError(f"--resume_from_checkpoint {path}: not a complete checkpoint")
     meta = read_meta(path)
@@ -326,41 +294,5 @@ def load(trainer, path: str) -> None:
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(weights[n])
-    extra = torch.load(os.path.join(path, EXTRA), map_location="cpu", weights_only=True)
-    if extra["zo_seeds"] is not None and getattr(trainer, "zo_seeds", None) is not None:
-        _set_random_state(trainer.zo_seeds, extra["zo_seeds"])
-    for k, v in extra["counters"].items():
-        setattr(trainer, k, v)
-    trainer.resume_sampler_state = extra.get("sampler")
-    if extra.get("zo_method") is not None:
-        trainer.zo_method.load_state_dict(extra["zo_method"])
-    zo_ab = getattr(trainer, "zo_ab", None)
-    if zo_ab is not None:
-        if extra.get("zo_ab") is not None and hasattr(zo_ab, "load_state_dict"):
-            zo_ab.load_state_dict(extra["zo_ab"])
-        else:
-            logger.warning("resuming a MeZO ablation run whose ablation state is not checkpointed: "
-                           "the continuation may differ from an uninterrupted run")
-    best, b = trainer.best, extra["best"]
-    best.best_score, best.best_step, best.best_state = b["score"], b["step"], b["weights"]
-    best.curve = [(s, v) for s, v in b["curve"]]
-    trainer._resume_loss = extra["loss"]  # applied at on_train_begin, after the loop resets them
     logger.info("resumed from %s (step %d)", path, meta["global_step"])
-
-
-class ResumeCallback(TrainerCallback):
-    """Puts the loss accumulators back once the stock loop has reset them (right before step 1)."""
-
-    def __init__(self, trainer):
-        self.trainer = trainer
-
-    def on_train_begin(self, args, state, control, **kw):
-        t = self.trainer
-        loss = getattr(t, "_resume_loss", None)
-        if loss is None:
-            return
-        t._resume_loss = None
-        t._tr_loss = loss["tr_loss"].to(t._tr_loss.device)
-        t._total_loss_scalar = loss["total"]
-        t._globalstep_last_logged = loss["last_logged"]
-        t._initial_global_step = loss["initial_step"]
+    return torch.load(os.path.join(path, EXTRA), map_location="cpu", weights_only=True)

@@ -52,6 +52,7 @@ from scipy.special import logsumexp
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from . import hf_private
 from .data import original_train_sampler
 from .errors import UsageError
 
@@ -122,7 +123,7 @@ def collect_features(trainer, model, dataset, prob_as_feature=False, order=None,
                         collate_fn=trainer.data_collator)
     try:
         for batch in loader:
-            batch = trainer._prepare_inputs(batch)
+            batch = hf_private.prepare_inputs(trainer, batch)
             labels.append(batch["labels"].detach().cpu())
             if prompt:
                 h = model.mask_features(batch["input_ids"], batch.get("attention_mask"),

@@ -29,8 +29,9 @@ def _mean(values):
 class StepMonitor(TrainerCallback):
     """The MeZO step values of the current logging window, and the window's throughput."""
 
-    def __init__(self, trainer):
-        self.trainer = trainer
+    def __init__(self, zo_run=None, examples_per_step: int = 1):
+        self.zo_run = zo_run   # src/mezo/zo_run.py: the skip counter (None: not a MeZO run)
+        self.examples_per_step = examples_per_step
         self.steps = []
         self.busy = 0.0  # seconds spent inside the window's updates
         self.window_step = 0
@@ -52,28 +53,26 @@ class StepMonitor(TrainerCallback):
         if not step.skipped:
             self.steps.append(step)
 
-    def examples_per_step(self) -> int:
-        """Nominal examples per update, as the Trainer counts them (capped by a smaller train set)."""
-        t = self.trainer
-        per_step = t.args.train_batch_size * t.args.gradient_accumulation_steps * max(1, t.args.world_size)
-        n = len(t.train_dataset) if t.train_dataset is not None and hasattr(t.train_dataset, "__len__") else None
-        return min(per_step, n) if n else per_step
-
-    def extend(self, logs: dict) -> dict:
+    def extend(self, logs: dict, global_step: int) -> dict:
         """Add this window's MeZO scalars to a periodic training log (other logs pass unchanged)."""
-        t = self.trainer
-        if "loss" not in logs or not getattr(t, "zo_params", None):
+        if "loss" not in logs or self.zo_run is None or not self.zo_run.params:
             return logs
         if self.steps:
             logs[LOSS_PLUS] = _mean([s.loss_plus for s in self.steps])
             logs[LOSS_MINUS] = _mean([s.loss_minus for s in self.steps])
             logs[GRAD] = _mean([s.grad for s in self.steps])
-        logs[SKIPPED] = int(getattr(t, "zo_skipped", 0))
-        step = t.state.global_step
-        if step > self.window_step and self.busy > 0:
-            logs[EXAMPLES_PER_S] = (step - self.window_step) * self.examples_per_step() / self.busy
-        self.steps, self.busy, self.window_step = [], 0.0, step
+        logs[SKIPPED] = int(self.zo_run.skipped)
+        if global_step > self.window_step and self.busy > 0:
+            logs[EXAMPLES_PER_S] = (global_step - self.window_step) * self.examples_per_step / self.busy
+        self.steps, self.busy, self.window_step = [], 0.0, global_step
         return logs
+
+
+def examples_per_step(args, train_dataset) -> int:
+    """Nominal examples per update, as the Trainer counts them (capped by a smaller train set)."""
+    per_step = args.train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+    n = len(train_dataset) if train_dataset is not None and hasattr(train_dataset, "__len__") else None
+    return min(per_step, n) if n else per_step
 
 
 class MezoProgressCallback(ProgressCallback):
@@ -81,7 +80,7 @@ class MezoProgressCallback(ProgressCallback):
 
     def __init__(self, best):
         super().__init__()
-        self.best = best  # src/mezo/trainer.py BestDevCallback: runs before this callback, holds the dev curve
+        self.best = best  # src/mezo/callbacks.py BestDevCallback: runs before this callback, holds the dev curve
 
     def on_train_begin(self, args, state, control, **kw):
         super().on_train_begin(args, state, control, **kw)
@@ -98,9 +97,9 @@ class MezoProgressCallback(ProgressCallback):
         return f"dev={last:.4f} best={self.best.best_score:.4f}@{self.best.best_step}"
 
 
-def install(trainer) -> StepMonitor:
+def install(trainer, zo_run=None) -> StepMonitor:
     """Register the monitor and swap the stock progress bar (if shown) for the MeZO one."""
-    monitor = StepMonitor(trainer)
+    monitor = StepMonitor(zo_run, examples_per_step(trainer.args, trainer.train_dataset))
     trainer.add_callback(monitor)
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(MezoProgressCallback(trainer.best))

@@ -39,8 +39,7 @@ def checkpoints_enabled(args) -> bool:
 class PreemptCallback(TrainerCallback):
     """Installed by MezoTrainer; does nothing unless checkpoints are on."""
 
-    def __init__(self, trainer):
-        self.trainer = trainer
+    def __init__(self):
         self.signum = None
         self.stopped_at = None
         self.previous = {}
@@ -67,11 +66,12 @@ class PreemptCallback(TrainerCallback):
         self.previous = {}
 
     # ----- acting at step boundaries --------------------------------------------------------
-    def _any_rank(self, flag: bool) -> bool:
+    @staticmethod
+    def _any_rank(flag: bool, device) -> bool:
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()
                 and torch.distributed.get_world_size() > 1):
             return flag
-        t = torch.tensor([int(flag)], device=self.trainer.args.device)
+        t = torch.tensor([int(flag)], device=device)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return bool(t.item())
 
@@ -83,7 +83,7 @@ class PreemptCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         if not checkpoints_enabled(args):
             return
-        if self._any_rank(self.signum is not None):
+        if self._any_rank(self.signum is not None, args.device):
             if self.signum is None:  # another rank got the signal
                 self.signum = signal.SIGTERM
             self.stopped_at = state.global_step

@@ -24,8 +24,8 @@ What lives here:
 * ``minus_accuracy`` - the ``--optimize_acc`` objective.
 * ``ZOAblation`` - what the Trainer holds for the ablation paths: the trainer-optimizer step
   (SPSA pair(s) -> ``.grad``), the direct step with layer selection / block scaling, and the
-  block-constant bookkeeping; ``ZOControl`` - the callback that schedules the block-constant
-  (re)computation at epoch starts and stops training after ``--max_zo_forward_steps``.
+  block-constant bookkeeping (src/mezo/zo_run.py schedules the constants at epoch starts and
+  stops training after ``--max_zo_forward_steps``).
 
 Every SPSA pair here is ``zo.mezo_step`` with per-parameter scales. z depends on the *list* of
 parameters (src/mezo/zo_backend.py), so each pair perturbs, restores and accumulates with one list.
@@ -35,7 +35,6 @@ import math
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
-from transformers import TrainerCallback
 
 from . import zo
 
@@ -182,7 +181,7 @@ class ZOAblation:
         self.blocks = assign_blocks(self.names, self.keys)
         self.numels = block_numels(self.params, self.blocks)
         self.consts: Dict[str, float] = {}
-        self.need_consts = False   # set by ZOControl at epoch starts
+        self.need_consts = False   # set at epoch starts (zo_run.ZORun.on_epoch_begin)
         self.skipped = 0
         self.last_num_zs = 0
 
@@ -288,26 +287,3 @@ class ZOAblation:
                         c /= math.sqrt(self.numels[key])
                     self.consts[key] = c
         return sum(losses) / len(losses) if losses else float("nan")
-
-
-class ZOControl(TrainerCallback):
-    """Schedules block-constant computation (first epoch; every epoch with --recompute_norms) and
-    stops training once more than --max_zo_forward_steps ZO forwards happened."""
-
-    def __init__(self, trainer):
-        self.trainer = trainer
-        self.epochs = 0
-
-    def on_epoch_begin(self, args, state, control, **kw):
-        ab = getattr(self.trainer, "zo_ab", None)
-        if ab is not None and (self.epochs == 0 or args.recompute_norms):
-            ab.need_consts = True
-        self.epochs += 1
-
-    def on_step_end(self, args, state, control, **kw):
-        limit = args.max_zo_forward_steps
-        if limit and limit > 0 and getattr(self.trainer, "zo_forwards", 0) > limit:
-            # The original tests its stop conditions before its evaluation: the step that crosses
-            # the limit is not evaluated (this callback runs after BestDevCallback's on_step_end).
-            control.should_training_stop = True
-            control.should_evaluate = False
