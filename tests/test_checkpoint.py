@@ -222,3 +222,26 @@ def test_zo_seed_generator_state_roundtrip():
     zo_run.set_random_state(b, saved)
     assert a.randint(1_000_000_000, size=5).tolist() == b.randint(1_000_000_000, size=5).tolist()
     assert a.standard_normal() == b.standard_normal()
+
+
+def test_run_defining_flags_come_from_field_metadata(tmp_path):
+    """The resume fingerprint is every field marked RUN_DEFINING (plus the stock fields named in
+    STOCK_RUN_DEFINING): a changed marked flag is refused by name, an unmarked one is not."""
+    import dataclasses
+    from mezo import arguments
+    base = ["--model_name_or_path", "splade-tiny", "--task_name", "uci-sentiment", "--data_dir", "d",
+            "--output_dir", str(tmp_path / "o")]
+    groups = arguments.parse_args(base)
+    marked = {f.name for g in groups for f in dataclasses.fields(g) if f.metadata.get(arguments.RUN_DEFINING)}
+    fingerprint = checkpoint.args_fingerprint(*groups)
+    assert set(fingerprint) == marked | set(arguments.STOCK_RUN_DEFINING)
+    assert {"zo_method", "hizoo_alpha", "lora_r", "template", "learning_rate", "seed"} <= set(fingerprint)
+    assert not {"output_dir", "log_file", "save_steps", "per_device_eval_batch_size", "resume_from_checkpoint",
+                "report_to", "disable_tqdm"} & set(fingerprint)
+    path = tmp_path / "checkpoint-3"
+    path.mkdir()
+    (path / checkpoint.META).write_text(json.dumps({"format": checkpoint.FORMAT, "args": fingerprint}))
+    changed = arguments.parse_args(base + ["--hizoo_alpha", "1e-5", "--per_device_eval_batch_size", "64"])
+    with pytest.raises(checkpoint.UsageError, match="written with --hizoo_alpha 1e-06, this run has --hizoo_alpha 1e-05"):
+        checkpoint.check_compatible(str(path), *changed)
+    checkpoint.check_compatible(str(path), *arguments.parse_args(base + ["--per_device_eval_batch_size", "64"]))

@@ -21,27 +21,40 @@ from .errors import UsageError
 from .zo_methods import METHODS as ZO_METHODS
 
 
-def _f(default, help, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+# Field metadata key: the flag defines the run, so a checkpoint written with another value is not
+# resumed (src/mezo/checkpoint.py). Kept out of argparse by `ArgumentParser`.
+RUN_DEFINING = "run_defining"
+
+# TrainingArguments' own fields that define a run (declared by Hugging Face, so named here).
+STOCK_RUN_DEFINING = (
+    "seed", "data_seed", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
+    "num_train_epochs", "learning_rate", "weight_decay", "warmup_steps", "adam_beta1",
+    "adam_beta2", "adam_epsilon", "max_grad_norm", "dataloader_drop_last", "fp16", "bf16", "eval_steps",
+)
+
+
+def _f(default, help, run=False, **kw):
+    """A flag with its help; `run=True` marks it run-defining (RUN_DEFINING)."""
+    return field(default=default, metadata={"help": help, **({RUN_DEFINING: True} if run else {}), **kw})
 
 
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(metadata={
-        "help": "Hugging Face hub id (roberta-large), a local folder, or `splade-tiny` (embedded, offline)"})
-    config_name: Optional[str] = _f(None, "config to use instead of the model's own")
+        "help": "Hugging Face hub id (roberta-large), a local folder, or `splade-tiny` (embedded, offline)", RUN_DEFINING: True})
+    config_name: Optional[str] = _f(None, "config to use instead of the model's own", run=True)
     tokenizer_name: Optional[str] = _f(None, "tokenizer to use instead of the model's own")
     cache_dir: Optional[str] = _f(None, "Hugging Face download cache")
     few_shot_type: str = _f("prompt-demo", "finetune (CLS head), prompt (MLM prompt) or prompt-demo "
-                            "(prompt + demonstrations); the scripts pass prompt")
+                            "(prompt + demonstrations); the scripts pass prompt", run=True)
     random_segment: bool = _f(False, "[unsupported] BERT: random re-init of an enlarged token-type table")
-    l2_loss: bool = _f(False, "classification loss = MSE between label-word logits and one-hot labels")
+    l2_loss: bool = _f(False, "classification loss = MSE between label-word logits and one-hot labels", run=True)
     use_task_word: bool = _f(False, "[unsupported] legacy lm_head path; regression scores are always "
                              "produced here")
-    apply_lora: bool = _f(False, "inject LoRA into the attention query and value projections")
-    lora_r: Optional[int] = _f(None, "LoRA rank (scripts: 8)")
-    lora_alpha: Optional[int] = _f(None, "LoRA alpha (scripts: 16)")
-    lora_freeze_head: bool = _f(False, "with LoRA, also freeze the MLM head (the reference trains it)")
+    apply_lora: bool = _f(False, "inject LoRA into the attention query and value projections", run=True)
+    lora_r: Optional[int] = _f(None, "LoRA rank (scripts: 8)", run=True)
+    lora_alpha: Optional[int] = _f(None, "LoRA alpha (scripts: 16)", run=True)
+    lora_freeze_head: bool = _f(False, "with LoRA, also freeze the MLM head (the reference trains it)", run=True)
     sfc: bool = _f(False, "[unsupported] surface-form calibration (OPT-era)")
     icl_sfc: bool = _f(False, "[unsupported] in-context surface-form calibration (OPT-era)")
 
@@ -53,16 +66,18 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    task_name: str = field(metadata={"help": "task key (SST-2, sst-5, MNLI, uci-sentiment, ...), case-insensitive"})
-    data_dir: str = field(metadata={"help": "folder with the split files, e.g. data/k-shot-1k-test/SST-2/16-42"})
-    max_seq_length: int = _f(128, "max tokens after template rendering", aliases=["--max_seq_len"])
+    task_name: str = field(metadata={"help": "task key (SST-2, sst-5, MNLI, uci-sentiment, ...), case-insensitive",
+                                     RUN_DEFINING: True})
+    data_dir: str = field(metadata={"help": "folder with the split files, e.g. data/k-shot-1k-test/SST-2/16-42",
+                                    RUN_DEFINING: True})
+    max_seq_length: int = _f(128, "max tokens after template rendering", aliases=["--max_seq_len"], run=True)
     overwrite_cache: bool = _f(False, "no effect: features are rebuilt every run (no cache is needed)")
     num_k: int = _f(16, "K (examples per label); recorded in the log for gather_result, not used for sampling")
-    num_sample: int = _f(16, "with demonstrations: demo resamplings per dev/test example (logits averaged)")
+    num_sample: int = _f(16, "with demonstrations: demo resamplings per dev/test example (logits averaged)", run=True)
     num_demo: int = _f(1, "[only 1 supported] demonstrations per label")
-    auto_demo: bool = _f(True, "with prompt-demo, extend the template with one demo slot per label")
-    template: Optional[str] = _f(None, "template string, e.g. *cls**sent_0*_It_was*mask*.*sep+*")
-    mapping: Optional[str] = _f(None, "label -> label word, a Python dict literal, e.g. {'0':'terrible','1':'great'}")
+    auto_demo: bool = _f(True, "with prompt-demo, extend the template with one demo slot per label", run=True)
+    template: Optional[str] = _f(None, "template string, e.g. *cls**sent_0*_It_was*mask*.*sep+*", run=True)
+    mapping: Optional[str] = _f(None, "label -> label word, a Python dict literal, e.g. {'0':'terrible','1':'great'}", run=True)
     template_path: Optional[str] = _f(None, "[unsupported] file of templates")
     mapping_path: Optional[str] = _f(None, "[unsupported] file of mappings")
     prompt_path: Optional[str] = _f(None, "[unsupported] file of template<TAB>mapping lines")
@@ -72,19 +87,19 @@ class DataArguments:
     top_n_template: Optional[int] = _f(None, "[unsupported] template ensemble size")
     sfc_prompt: Optional[str] = _f(None, "[unsupported] calibration prompt")
     tag: str = _f("", "free-form run tag, copied to the log and used by tools/gather_result.py")
-    demo_filter: bool = _f(False, "filter demonstrations by similarity (precomputed embeddings in data_dir)")
-    demo_filter_rate: float = _f(0.5, "fraction of candidates kept by --demo_filter")
-    demo_filter_model: Optional[str] = _f(None, "name in train_<model>.npy / <split>_<model>.npy")
+    demo_filter: bool = _f(False, "filter demonstrations by similarity (precomputed embeddings in data_dir)", run=True)
+    demo_filter_rate: float = _f(0.5, "fraction of candidates kept by --demo_filter", run=True)
+    demo_filter_model: Optional[str] = _f(None, "name in train_<model>.npy / <split>_<model>.npy", run=True)
     debug_mode: bool = _f(False, "print details while filtering demonstrations")
-    double_demo: bool = _f(False, "with demonstrations, double max_seq_length")
-    first_sent_limit: Optional[int] = _f(None, "token cap for sentence 0")
-    other_sent_limit: Optional[int] = _f(None, "token cap for every other sentence")
+    double_demo: bool = _f(False, "with demonstrations, double max_seq_length", run=True)
+    first_sent_limit: Optional[int] = _f(None, "token cap for sentence 0", run=True)
+    other_sent_limit: Optional[int] = _f(None, "token cap for every other sentence", run=True)
     use_full_length: Optional[bool] = _f(None, "[unsupported] unused in the reference")
     gpt3_in_context_head: bool = _f(False, "[unsupported] GPT-3 style in-context prompts")
     gpt3_in_context_tail: bool = _f(False, "[unsupported] GPT-3 style in-context prompts")
     gpt3_in_context_num: int = _f(32, "[unsupported] GPT-3 style in-context prompts")
     gpt3_demo_separator: str = _f("\n\n\n", "[unsupported] GPT-3 style in-context prompts")
-    truncate_head: bool = _f(False, "when too long, drop tokens from the front (demo mode only)")
+    truncate_head: bool = _f(False, "when too long, drop tokens from the front (demo mode only)", run=True)
 
     def __post_init__(self):
         self.task_name = self.task_name.lower()   # as the original: SST-2 -> sst-2
@@ -93,83 +108,83 @@ class DataArguments:
 @dataclass
 class MezoTrainingArguments(TrainingArguments):
     # --- evaluation and logging
-    evaluate_during_training: bool = _f(False, "evaluate on dev every --eval_steps and keep the best weights")
+    evaluate_during_training: bool = _f(False, "evaluate on dev every --eval_steps and keep the best weights", run=True)
     log_file: str = _f("log", "result log: one JSON record per finished run is appended")
     # --- optimiser choice
-    optimizer: str = _f("adam", "adam (AdamW) or sgd", choices=["adam", "sgd"])
+    optimizer: str = _f("adam", "adam (AdamW) or sgd", choices=["adam", "sgd"], run=True)
     torch_adamw: bool = _f(False, "with --optimizer adam, use torch.optim.AdamW instead of the original's "
-                           "transformers-4 AdamW (eps before the bias correction, weight decay after the update)")
-    momentum: float = _f(0.0, "SGD momentum (--optimizer sgd, backprop or --zero_order_use_trainer_optim)")
+                           "transformers-4 AdamW (eps before the bias correction, weight decay after the update)", run=True)
+    momentum: float = _f(0.0, "SGD momentum (--optimizer sgd, backprop or --zero_order_use_trainer_optim)", run=True)
     trainer: str = _f("standard", "standard or linearhead (logistic-regression probe)")
     # --- MeZO
-    zero_order_optim: bool = _f(False, "train with MeZO (SPSA, forward passes only) instead of backprop")
-    zero_order_eps: float = _f(1e-3, "MeZO perturbation scale epsilon")
+    zero_order_optim: bool = _f(False, "train with MeZO (SPSA, forward passes only) instead of backprop", run=True)
+    zero_order_eps: float = _f(1e-3, "MeZO perturbation scale epsilon", run=True)
     efficient_zero_order: bool = _f(False, "regenerate z from the step seed instead of storing it (MeZO proper; "
-                                    "without it z is stored for the step, as in the original)")
+                                    "without it z is stored for the step, as in the original)", run=True)
     zo_cache_z: bool = _f(False, "store z for the step even with --efficient_zero_order: the same numbers, one "
-                          "noise draw per step instead of three, one extra copy of the trainable parameters")
+                          "noise draw per step instead of three, one extra copy of the trainable parameters", run=True)
     zo_no_decay_bias_norm: bool = _f(False, "MeZO: exempt biases and LayerNorm weights from weight decay (the "
-                                     "reference decays every perturbed parameter)")
+                                     "reference decays every perturbed parameter)", run=True)
     zo_max_skipped_steps: float = _f(100, "MeZO: stop the run (exit code 3, no log record) once more than this "
                                      "many updates were skipped for a non-finite loss; below 1: a fraction of "
                                      "max_steps; negative: never stop")
     zo_check_sync_steps: int = _f(0, "data-parallel MeZO: every n steps compare a checksum of the trainable "
                                   "parameters across ranks and stop if they differ (0 = off)")
     zo_method: str = _f("mezo", "zeroth-order method of the direct path (src/mezo/zo_methods.py; README: the "
-                        "zeroth-order family)", choices=list(ZO_METHODS))
-    zo_sign_elementwise: bool = _f(False, "--zo_method sign: update with sign(g z) per coordinate instead of sign(g) z")
-    zo_momentum: float = _f(0.9, "--zo_method momentum: heavy-ball momentum (ZO-Bench: 0.9)")
-    hizoo_alpha: float = _f(1e-6, "--zo_method hizoo: smoothing constant of the diagonal Hessian estimate")
+                        "zeroth-order family)", choices=list(ZO_METHODS), run=True)
+    zo_sign_elementwise: bool = _f(False, "--zo_method sign: update with sign(g z) per coordinate instead of sign(g) z", run=True)
+    zo_momentum: float = _f(0.9, "--zo_method momentum: heavy-ball momentum (ZO-Bench: 0.9)", run=True)
+    hizoo_alpha: float = _f(1e-6, "--zo_method hizoo: smoothing constant of the diagonal Hessian estimate", run=True)
     hizoo_form: str = _f("paper", "--zo_method hizoo: the paper's Sigma update, or code2024 (the 2024 RoBERTa "
-                         "fork's)", choices=["paper", "code2024"])
-    lozo_rank: int = _f(4, "--zo_method lozo/lozo_m: rank r of the U V^T perturbations")
-    lozo_nu: int = _f(50, "--zo_method lozo/lozo_m: V is redrawn every nu steps")
-    lozo_beta1: float = _f(0.9, "--zo_method lozo_m: momentum in the U space")
-    fzoo_n: int = _f(8, "--zo_method fzoo: N one-sided Rademacher estimates per step (no published default)")
+                         "fork's)", choices=["paper", "code2024"], run=True)
+    lozo_rank: int = _f(4, "--zo_method lozo/lozo_m: rank r of the U V^T perturbations", run=True)
+    lozo_nu: int = _f(50, "--zo_method lozo/lozo_m: V is redrawn every nu steps", run=True)
+    lozo_beta1: float = _f(0.9, "--zo_method lozo_m: momentum in the U space", run=True)
+    fzoo_n: int = _f(8, "--zo_method fzoo: N one-sided Rademacher estimates per step (no published default)", run=True)
     zero_order_use_trainer_optim: bool = _f(False, "[ablation] write the ZO gradient into .grad and let the "
-                                            "torch optimizer and scheduler update")
+                                            "torch optimizer and scheduler update", run=True)
     zero_order_sample: int = _f(1, "[ablation] n in n-SPSA: n SPSA pairs per step, estimates averaged "
-                                "(needs --zero_order_use_trainer_optim when n > 1)")
+                                "(needs --zero_order_use_trainer_optim when n > 1)", run=True)
     zero_order_sample_scheduler: Optional[str] = _f(None, "[ablation] constant (n samples) or linear "
                                                     "(max(1, floor(step / max_steps * n))); unset means constant "
-                                                    "here - the reference used 1 sample when it was unset")
-    scale_lr_with_samples: bool = _f(False, "[ablation] do not divide the n-SPSA estimate by n")
+                                                    "here - the reference used 1 sample when it was unset", run=True)
+    scale_lr_with_samples: bool = _f(False, "[ablation] do not divide the n-SPSA estimate by n", run=True)
     zero_order_clip_grad: bool = _f(False, "[ablation] clip the ZO gradient norm to max_grad_norm (without it ZO runs "
-                                    "never clip: max_grad_norm is set to 0)")
+                                    "never clip: max_grad_norm is set to 0)", run=True)
     zo_variant: Optional[str] = _f(None, "[ablation] grad_norm or param_norm: perturb block b by z/c_b and "
                                    "write c_b z into the estimate (blocks: embed, head, each layer). As in the "
                                    "original, --efficient_zero_order perturbs with plain z and the direct update "
-                                   "uses plain z; --zo_variant_corrected applies the variant on every path")
+                                   "uses plain z; --zo_variant_corrected applies the variant on every path", run=True)
     zo_variant_corrected: bool = _f(False, "[ablation] the variants as the paper defines them: z/c_b perturbation "
                                     "and c_b z update on every path (also with --efficient_zero_order and on the "
                                     "direct update), and --scale_norm_by_num_params divides every kind of "
-                                    "constant by sqrt(#params)")
-    use_zo_grad_est: bool = _f(False, "[ablation] estimate block norms by ZO")
+                                    "constant by sqrt(#params)", run=True)
+    use_zo_grad_est: bool = _f(False, "[ablation] estimate block norms by ZO", run=True)
     recompute_norms: bool = _f(False, "[ablation] recompute block norms every epoch",
-                               aliases=["--recmopute_norms"])
+                               aliases=["--recmopute_norms"], run=True)
     scale_norm_by_num_params: bool = _f(False, "[ablation] divide back-propagated grad_norm constants by "
                                         "sqrt(#params of the block); as in the original, a param_norm constant c "
                                         "becomes c/sqrt(c) and ZO-estimated constants are not scaled (all three "
-                                        "divided by sqrt(#params) with --zo_variant_corrected)")
+                                        "divided by sqrt(#params) with --zo_variant_corrected)", run=True)
     norm_running_update: bool = _f(False, "[ablation] with --zo_by_layer --zo_variant grad_norm: refresh each "
-                                   "block constant from its latest estimate")
-    change_grad_estimate: bool = _f(False, "[ablation] variants change the expectation, not only the variance")
+                                   "block constant from its latest estimate", run=True)
+    change_grad_estimate: bool = _f(False, "[ablation] variants change the expectation, not only the variance", run=True)
     zo_by_layer: bool = _f(False, "[ablation] one SPSA pair per block (unblocked parameters form a last "
-                           "block); needs --zero_order_use_trainer_optim")
-    max_zo_forward_steps: int = _f(0, "[ablation] also stop after this many ZO forward passes (0 = off)")
-    optimize_acc: bool = _f(False, "[ablation] MeZO objective = minus the batch accuracy")
-    layer_wise_optim: bool = _f(False, "[ablation] perturb only layer (step mod L) each step")
+                           "block); needs --zero_order_use_trainer_optim", run=True)
+    max_zo_forward_steps: int = _f(0, "[ablation] also stop after this many ZO forward passes (0 = off)", run=True)
+    optimize_acc: bool = _f(False, "[ablation] MeZO objective = minus the batch accuracy", run=True)
+    layer_wise_optim: bool = _f(False, "[ablation] perturb only layer (step mod L) each step", run=True)
     # --- parameter-efficient variants
-    head_tuning: bool = _f(False, "train only the MLM head")
-    prefix_tuning: bool = _f(False, "prefix-tuning: learn key/value prefixes in every attention layer")
-    num_prefix: int = _f(10, "number of prefix tokens (scripts: 5)")
-    no_reparam: bool = _f(False, "learn the prefixes directly (no MLP reparameterisation)")
-    prefix_init_by_real_act: bool = _f(False, "initialise prefixes from real activations of random tokens")
+    head_tuning: bool = _f(False, "train only the MLM head", run=True)
+    prefix_tuning: bool = _f(False, "prefix-tuning: learn key/value prefixes in every attention layer", run=True)
+    num_prefix: int = _f(10, "number of prefix tokens (scripts: 5)", run=True)
+    no_reparam: bool = _f(False, "learn the prefixes directly (no MLP reparameterisation)", run=True)
+    prefix_init_by_real_act: bool = _f(False, "initialise prefixes from real activations of random tokens", run=True)
     # --- linear probing
-    from_linearhead: bool = _f(False, "fit the logistic-regression head first, then train (LP-FT)")
-    lp_early_stopping: bool = _f(False, "looser logistic-regression solver (tol 1e-2, 1000 iterations)")
+    from_linearhead: bool = _f(False, "fit the logistic-regression head first, then train (LP-FT)", run=True)
+    lp_early_stopping: bool = _f(False, "looser logistic-regression solver (tol 1e-2, 1000 iterations)", run=True)
     prob_as_feature: bool = _f(False, "linear probe on the label-word distribution, read as centred "
-                               "log-probabilities so that the fitted head folds into the decoder rows")
+                               "log-probabilities so that the fitted head folds into the decoder rows", run=True)
     # --- run control
     overwrite_output_dir: bool = _f(False, "train into a non-empty output_dir (removed from TrainingArguments "
                                     "in transformers 5; kept because the scripts pass it)")
@@ -179,8 +194,8 @@ class MezoTrainingArguments(TrainingArguments):
     save_model: bool = _f(False, "after training (best-dev weights), write <output_dir>/model: a Hugging Face "
                           "folder (LoRA merged; prefixes as prefix.safetensors) + tokenizer + mezo_export.json, "
                           "for tools/predict.py")
-    random_model_init: bool = _f(False, "re-initialise all weights randomly")
-    tie_emb: bool = _f(False, "tie the MLM decoder to the input embeddings (the reference unties them)")
+    random_model_init: bool = _f(False, "re-initialise all weights randomly", run=True)
+    tie_emb: bool = _f(False, "tie the MLM decoder to the input embeddings (the reference unties them)", run=True)
     sweep: bool = _f(False, "append a timestamp folder to output_dir")
     array_id: int = _f(-1, "id used in the --save_logit file name")
     model_id: int = _f(-1, "id used in the --save_logit file name")
@@ -220,11 +235,11 @@ class MezoTrainingArguments(TrainingArguments):
                 "none there: start from scratch)"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep mask_pos for the model"})
     disable_tqdm: Optional[bool] = field(default=False, metadata={"help": "progress bar off"})
-    logging_steps: float = field(default=500, metadata={"help": "log every n updates"})
+    logging_steps: float = field(default=500, metadata={"help": "log every n updates", RUN_DEFINING: True})
     lr_scheduler_type: Optional[str] = field(default=None, metadata={
         "help": "learning-rate schedule (linear, constant, cosine, ...). Unset: constant on the direct MeZO path "
                 "(the original never consulted a scheduler there), linear otherwise (the Trainer's default). "
-                "Set explicitly, it is honoured on every path, the direct MeZO update included"})
+                "Set explicitly, it is honoured on every path, the direct MeZO update included", RUN_DEFINING: True})
 
     @property
     def zo_store_z(self) -> bool:
@@ -313,14 +328,38 @@ def check_unsupported(*arg_groups) -> None:
                 raise UsageError(f"--{name} {getattr(group, name)!r}: not supported ({why})")
 
 
+def run_defining(*groups) -> dict:
+    """The run-defining flags of these argument objects, name -> value (a resumed run must match)."""
+    out = {}
+    for g in groups:
+        for f in dataclasses.fields(g):
+            if f.metadata.get(RUN_DEFINING) or (isinstance(g, TrainingArguments) and f.name in STOCK_RUN_DEFINING):
+                out[f.name] = getattr(g, f.name)
+    return out
+
+
+class ArgumentParser(HfArgumentParser):
+    """HfArgumentParser that keeps this project's field metadata (RUN_DEFINING) away from argparse."""
+
+    def add_argument(self, *names, **kwargs):
+        kwargs.pop(RUN_DEFINING, None)
+        return super().add_argument(*names, **kwargs)
+
+    def add_argument_group(self, *args, **kwargs):
+        group = super().add_argument_group(*args, **kwargs)
+        add = group.add_argument
+        group.add_argument = lambda *names, **kw: add(*names, **{k: v for k, v in kw.items() if k != RUN_DEFINING})
+        return group
+
+
 def _one_line_error(message):
     """argparse's own errors (bad int, unknown choice, missing flag) as one line, not a usage dump."""
     raise UsageError(message)
 
 
-def build_parser() -> HfArgumentParser:
+def build_parser() -> ArgumentParser:
     from .ranges import annotate
-    parser = HfArgumentParser((ModelArguments, DataArguments, MezoTrainingArguments))
+    parser = ArgumentParser((ModelArguments, DataArguments, MezoTrainingArguments))
     annotate(parser)  # --help states every range (src/mezo/ranges.py)
     parser.error = _one_line_error
     return parser

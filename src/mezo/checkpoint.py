@@ -55,29 +55,6 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 _LEFTOVER = re.compile(r"^\.(tmp|trash)-checkpoint-\d+")
 FORMAT = 1
 
-# Arguments a resumed run must share with the run that wrote the checkpoint (else it would not
-# continue the same run: other data order, schedule, step or noise).
-MUST_MATCH = (
-    # model
-    "model_name_or_path", "config_name", "few_shot_type", "apply_lora", "lora_r", "lora_alpha",
-    "lora_freeze_head", "l2_loss",
-    # data
-    "task_name", "data_dir", "template", "mapping", "max_seq_length", "first_sent_limit",
-    "other_sent_limit", "truncate_head", "double_demo", "num_sample", "auto_demo", "demo_filter",
-    # training
-    "seed", "data_seed", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
-    "num_train_epochs", "learning_rate", "weight_decay", "lr_scheduler_type", "warmup_steps",
-    "warmup_ratio", "optimizer", "torch_adamw", "momentum", "adam_beta1", "adam_beta2", "adam_epsilon",
-    "max_grad_norm", "dataloader_drop_last", "fp16", "bf16", "zero_order_optim", "zero_order_eps",
-    "efficient_zero_order", "zo_cache_z", "zo_no_decay_bias_norm", "zero_order_use_trainer_optim",
-    "zero_order_sample", "zo_variant", "zo_variant_corrected", "zo_method", "zo_sign_elementwise", "zo_momentum",
-    "hizoo_alpha", "hizoo_form", "lozo_rank", "lozo_nu", "lozo_beta1", "fzoo_n", "use_zo_grad_est", "scale_norm_by_num_params",
-    "change_grad_estimate", "evaluate_during_training", "eval_steps", "logging_steps", "head_tuning",
-    "prefix_tuning", "num_prefix", "no_reparam", "prefix_init_by_real_act", "tie_emb",
-    "random_model_init", "from_linearhead",
-)
-
-
 # ----- finding checkpoints ----------------------------------------------------------------------
 def step_of(path: str):
     m = _NAME.match(os.path.basename(os.path.normpath(path)))
@@ -176,13 +153,10 @@ def resolve(value, output_dir: str):
 
 
 def args_fingerprint(*groups) -> dict:
+    """The run-defining arguments (field metadata, src/mezo/arguments.py), as JSON values."""
+    from .arguments import run_defining
     from .results import json_safe
-    out = {}
-    for g in groups:
-        for name in MUST_MATCH:
-            if hasattr(g, name):
-                out[name] = json_safe(getattr(g, name))
-    return json.loads(json.dumps(out))
+    return json.loads(json.dumps({name: json_safe(v) for name, v in run_defining(*groups).items()}))
 
 
 def check_compatible(path: str, *groups) -> dict:
