@@ -31,12 +31,12 @@ def check_ranges(*groups):
         raise UsageError(f"{flag} {value}: must be {wording}")
 
 
-def validate(model_args, data_args, training_args, task):
+def validate(model_args, data_args, training_args, adapter_args, task):
     """Everything that can be checked without loading a model; each failure names its flag or file."""
     from mezo import templates
 
     a = training_args
-    check_ranges(model_args, data_args, a)
+    check_ranges(model_args, data_args, a, adapter_args)
     if model_args.few_shot_type not in ("finetune", "prompt", "prompt-demo"):
         raise UsageError(f"--few_shot_type {model_args.few_shot_type!r}: expected finetune, prompt or prompt-demo")
     if not os.path.isdir(data_args.data_dir):
@@ -61,10 +61,6 @@ def validate(model_args, data_args, training_args, task):
     if a.gradient_accumulation_steps != 1 and direct_ablation:
         raise UsageError(f"--gradient_accumulation_steps {a.gradient_accumulation_steps}: not with --zo_variant or "
                          "--layer_wise_optim on the direct MeZO update (add --zero_order_use_trainer_optim)")
-    if model_args.apply_lora and (not model_args.lora_r or not model_args.lora_alpha):
-        raise UsageError("--apply_lora: needs --lora_r and --lora_alpha (the scripts use 8 and 16)")
-    if a.prefix_init_by_real_act and not a.no_reparam:
-        raise UsageError("--prefix_init_by_real_act: needs --no_reparam")
     if a.trainer not in ("standard", "linearhead"):
         raise UsageError(f"--trainer {a.trainer!r}: expected standard or linearhead (the kernel trainer is not implemented)")
     for flag in NOT_YET:
@@ -177,14 +173,14 @@ def check_segments(model_args, data_args, task, config):
                          f"{model_args.model_name_or_path} ({config.model_type}) has {table} token types")
 
 
-def check_model(model_args, data_args, training_args, task=None):
+def check_model(model_args, data_args, adapter_args, task=None):
     """Model-dependent checks: read the config (not the weights) and check types and lengths against it."""
     from transformers import AutoConfig
 
     from mezo.models import load_pretrained
     config = load_pretrained(AutoConfig, model_args.config_name or model_args.model_name_or_path, model_args.cache_dir)
-    flags = [f for f, on in (("--apply_lora", model_args.apply_lora),
-                             ("--prefix_tuning", training_args.prefix_tuning)) if on]
+    flags = [f for f, on in (("--apply_lora", adapter_args.apply_lora),
+                             ("--prefix_tuning", adapter_args.prefix_tuning)) if on]
     if flags and config.model_type not in PEFT_MODEL_TYPES:
         raise UsageError(f"{flags[0]}: model type {config.model_type!r} is not supported "
                          f"(supported: {', '.join(PEFT_MODEL_TYPES)})")
@@ -198,7 +194,7 @@ def check_model(model_args, data_args, training_args, task=None):
                              f"{model_args.model_name_or_path} ({config.model_type})")
         # Prefixes are extra attention keys, not input tokens: only their initialisation from real
         # activations runs num_prefix tokens through the model.
-        a = training_args
+        a = adapter_args
         if a.prefix_tuning and a.prefix_init_by_real_act and a.num_prefix > limit:
             raise UsageError(f"--num_prefix {a.num_prefix}: --prefix_init_by_real_act runs that many tokens "
                              f"through a model with {limit} positions")
@@ -270,12 +266,12 @@ def check_paths(model_args, data_args, training_args):
             raise UsageError(f"--output_dir {a.output_dir}: {name} is a file where checkpoints go")
 
 
-def resolve_resume(model_args, data_args, training_args):
+def resolve_resume(model_args, data_args, training_args, adapter_args):
     """--resume_from_checkpoint: `auto` -> newest checkpoint or None; a path must be a compatible checkpoint."""
     from mezo import checkpoint
     path = checkpoint.resolve(training_args.resume_from_checkpoint, training_args.output_dir)
     if path is not None:
-        checkpoint.check_compatible(path, model_args, data_args, training_args)
+        checkpoint.check_compatible(path, model_args, data_args, training_args, adapter_args)
     return path
 
 
@@ -289,18 +285,18 @@ def setup(argv):
     from mezo.arguments import parse_args
     from mezo.tasks import get_task
 
-    model_args, data_args, training_args = parse_args(argv)
+    model_args, data_args, training_args, adapter_args = parse_args(argv)
     task = get_task(data_args.task_name)
-    validate(model_args, data_args, training_args, task)
+    validate(model_args, data_args, training_args, adapter_args, task)
     out = training_args.output_dir
     if (os.path.isdir(out) and os.listdir(out) and training_args.do_train
             and not training_args.overwrite_output_dir and not training_args.resume_from_checkpoint):
         raise UsageError(f"--output_dir {out}: exists and is not empty (pass --overwrite_output_dir)")
     check_paths(model_args, data_args, training_args)
-    resume = resolve_resume(model_args, data_args, training_args)
-    check_model(model_args, data_args, training_args, task)
+    resume = resolve_resume(model_args, data_args, training_args, adapter_args)
+    check_model(model_args, data_args, adapter_args, task)
     set_seed(training_args.seed)
-    return model_args, data_args, training_args, task, resume
+    return model_args, data_args, training_args, adapter_args, task, resume
 
 
 def build_data(model_args, data_args, training_args, task, tokenizer):
@@ -372,14 +368,14 @@ def main(argv=None) -> int:
 
 def run(argv=None) -> int:
     start = time.time()
-    model_args, data_args, training_args, task, resume = setup(argv)
-    trainer, datasets, tokenizer = build_trainer(model_args, data_args, training_args, task)
-    summary = train(trainer, datasets, tokenizer, task, resume, model_args, data_args, training_args)
-    finish(trainer, datasets, task, summary, start, model_args, data_args, training_args)
+    model_args, data_args, training_args, adapter_args, task, resume = setup(argv)
+    trainer, datasets, tokenizer = build_trainer(model_args, data_args, training_args, adapter_args, task)
+    summary = train(trainer, datasets, tokenizer, task, resume, model_args, data_args, training_args, adapter_args)
+    finish(trainer, datasets, task, summary, start, model_args, data_args, training_args, adapter_args)
     return 0
 
 
-def build_trainer(model_args, data_args, training_args, task):
+def build_trainer(model_args, data_args, training_args, adapter_args, task):
     """Tokenizer, datasets, model (with LoRA / prefix surgery and freezing) and the Trainer."""
     from mezo import models, peft
     from mezo.data import Collator
@@ -390,18 +386,18 @@ def build_trainer(model_args, data_args, training_args, task):
                                       model_args.cache_dir)
     datasets, word_ids = build_data(model_args, data_args, training_args, task, tokenizer)
     model = models.build_model(model_args, training_args, task, word_ids, model_args.prompt)
-    peft.apply(model, model_args, training_args)
-    models.set_trainable(model, model_args, training_args)
+    peft.apply(model, adapter_args)
+    models.set_trainable(model, adapter_args)
     print(f"trainable parameters: {models.count_trainable(model):,} of {sum(p.numel() for p in model.parameters()):,}")
     trainer = MezoTrainer(
         model=model, args=training_args, train_dataset=datasets.get("train"), eval_dataset=datasets.get("dev"),
         data_collator=Collator(tokenizer.pad_token_id, getattr(tokenizer, "pad_token_type_id", 0)),
         compute_metrics=SampledMetrics(task), dev_objective=dev_objective,
-        arg_groups=(model_args, data_args, training_args))   # the run's fingerprint in checkpoints
+        arg_groups=(model_args, data_args, training_args, adapter_args))   # the run's fingerprint in checkpoints
     return trainer, datasets, tokenizer
 
 
-def train(trainer, datasets, tokenizer, task, resume, model_args, data_args, training_args) -> dict:
+def train(trainer, datasets, tokenizer, task, resume, model_args, data_args, training_args, adapter_args) -> dict:
     """Linear probe and/or training (best-dev weights restored), saving what was asked; the summary."""
     from mezo import models
     from mezo.callbacks import StartupClock
@@ -426,11 +422,11 @@ def train(trainer, datasets, tokenizer, task, resume, model_args, data_args, tra
         save_trainable(model, a.output_dir)
     if a.save_model and trainer.is_world_process_zero():
         from mezo import export
-        print(f"model saved to {export.save(model, tokenizer, datasets, task, model_args, data_args, a)}")
+        print(f"model saved to {export.save(model, tokenizer, datasets, task, model_args, data_args, a, adapter_args)}")
     return summary
 
 
-def finish(trainer, datasets, task, summary, start, model_args, data_args, training_args) -> None:
+def finish(trainer, datasets, task, summary, start, model_args, data_args, training_args, adapter_args) -> None:
     """Dev and test evaluation, metric files, and the record appended to --log_file (never lost)."""
     from mezo import results
 
@@ -448,7 +444,7 @@ def finish(trainer, datasets, task, summary, start, model_args, data_args, train
                    peak_memory_bytes=results.peak_memory_bytes(training_args.device))
     if trainer.is_world_process_zero():
         record = results.make_record(task.name, training_args.output_dir, dev_metrics, test_metrics,
-                                     (model_args, training_args, data_args), summary)
+                                     (model_args, training_args, data_args, adapter_args), summary)
         for name, m in (("dev", dev_metrics), ("test", test_metrics)):
             if m:
                 print(f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float)))

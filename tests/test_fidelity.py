@@ -51,7 +51,7 @@ def _trainer(tmp_path, model, **kw):
     (["--lr_scheduler_type", "cosine"], "cosine"),
 ])
 def test_default_scheduler(extra, want):
-    _, _, t = parse_args(BASE + extra)
+    _, _, t, _ = parse_args(BASE + extra)
     assert str(t.lr_scheduler_type.value) == want
 
 
@@ -80,7 +80,7 @@ def test_test_demos_continue_the_dev_stream(tmp_path, bert_tokenizer, monkeypatc
     argv = BASE[:4] + ["--data_dir", split, "--output_dir", str(tmp_path / "o"), "--few_shot_type", "prompt-demo",
                        "--template", "*cls**sent_0*_It_was*mask*.*sep+*", "--mapping", "{0:'terrible',1:'great'}",
                        "--num_sample", "2", "--seed", "13", "--do_eval", "--do_predict"]
-    model_args, data_args, training_args = parse_args(argv)
+    model_args, data_args, training_args, _ = parse_args(argv)
     task = get_task("uci-sentiment")
     chosen = {"dev": [], "test": []}
     real = data.FewShotDataset.select_demos

@@ -1,6 +1,5 @@
 """LoRA surgery (src/mezo/lora.py): hand computation, no eval-mode merging, freezing, Adam and MeZO steps."""
 import math
-import types
 
 import loralib
 import pytest
@@ -11,14 +10,14 @@ from transformers import AutoModelForMaskedLM
 
 from mezo.errors import UsageError
 from mezo.lora import inject_lora, lora_parameter_count
+from mezo.arguments import AdapterArguments
 from mezo.models import PromptMLM, count_trainable, set_trainable
 
 WORDS = [5, 6]
 
 
 def _args(apply_lora=True, lora_freeze_head=False):
-    return (types.SimpleNamespace(apply_lora=apply_lora, lora_freeze_head=lora_freeze_head),
-            types.SimpleNamespace(prefix_tuning=False, head_tuning=False))
+    return (AdapterArguments(apply_lora=apply_lora, lora_r=4, lora_alpha=8, lora_freeze_head=lora_freeze_head),)
 
 
 def _model(path, r=4, alpha=8, freeze_head=False):

@@ -1,19 +1,15 @@
-import types
 
 import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
 from mezo.errors import UsageError
+from mezo.arguments import AdapterArguments
 from mezo.models import PromptMLM, count_trainable, set_trainable
 
 
 def _args(**kw):
-    model = types.SimpleNamespace(apply_lora=False, lora_freeze_head=False)
-    train = types.SimpleNamespace(prefix_tuning=False, head_tuning=False)
-    for k, v in kw.items():
-        setattr(model if hasattr(model, k) else train, k, v)
-    return model, train
+    return (AdapterArguments(**kw),)
 
 
 @pytest.mark.parametrize("which", ["tiny_roberta_dir", "tiny_bert_dir", "splade_dir"])

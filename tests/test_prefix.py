@@ -1,12 +1,12 @@
 """Prefix tuning (src/mezo/prefix.py): attention over [prefix; sequence] by hand, mask extension with
 padding, eager and SDPA, parameter counts, real-activation init, Adam and MeZO steps."""
-import types
 
 import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
 from mezo.errors import UsageError
+from mezo.arguments import AdapterArguments
 from mezo.models import PromptMLM, count_trainable, set_trainable
 from mezo.prefix import EMBED_DIM, MID_DIM, inject_prefix
 
@@ -15,8 +15,7 @@ P = 3
 
 
 def _args():
-    return (types.SimpleNamespace(apply_lora=False, lora_freeze_head=False),
-            types.SimpleNamespace(prefix_tuning=True, head_tuning=False))
+    return (AdapterArguments(prefix_tuning=True),)
 
 
 def _mlm(path, impl="sdpa"):

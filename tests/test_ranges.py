@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from transformers import TrainingArguments
 
-from mezo.arguments import DataArguments, MezoTrainingArguments, ModelArguments
+from mezo.arguments import AdapterArguments, DataArguments, MezoTrainingArguments, ModelArguments
 from mezo.ranges import NO_RANGE, RANGES, bad_field
 
 nan, inf = float("nan"), float("inf")
@@ -73,7 +73,7 @@ def _own_fields():
     inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
     redefined = set(vars(MezoTrainingArguments).get("__annotations__", {}))
     own = [f.name for f in dataclasses.fields(MezoTrainingArguments) if f.name not in inherited or f.name in redefined]
-    return own + [f.name for g in (ModelArguments, DataArguments) for f in dataclasses.fields(g)]
+    return own + [f.name for g in (ModelArguments, DataArguments, AdapterArguments) for f in dataclasses.fields(g)]
 
 
 def test_every_field_has_a_range_or_a_reason_exactly_once():
@@ -83,7 +83,8 @@ def test_every_field_has_a_range_or_a_reason_exactly_once():
     own = set(_own_fields())
     missing = own - set(listed) - set(RANGES)
     assert not missing, sorted(missing)
-    every = {f.name for g in (ModelArguments, DataArguments, MezoTrainingArguments) for f in dataclasses.fields(g)}
+    every = {f.name for g in (ModelArguments, DataArguments, MezoTrainingArguments, AdapterArguments)
+             for f in dataclasses.fields(g)}
     assert set(RANGES) <= every and set(listed) <= every
 
 

@@ -388,9 +388,9 @@ BAD = [
 @pytest.mark.parametrize("extra,needle", BAD, ids=[b[1] for b in BAD])
 def test_bad_flag_combinations(repo_root, monkeypatch, extra, needle):
     monkeypatch.chdir(repo_root)
-    m, d, a = parse_args(BASE + extra)
+    m, d, a, ad = parse_args(BASE + extra)
     with pytest.raises(UsageError, match=needle.replace("-", r"\-")):
-        run.validate(m, d, a, get_task("uci-sentiment"))
+        run.validate(m, d, a, ad, get_task("uci-sentiment"))
 
 
 def test_good_flag_combinations(repo_root, monkeypatch):
@@ -400,5 +400,5 @@ def test_good_flag_combinations(repo_root, monkeypatch):
                         "--norm_running_update", "--zero_order_clip_grad", "--optimize_acc"],
                   ZO + ["--zo_variant", "param_norm", "--layer_wise_optim", "--max_zo_forward_steps", "10"],
                   ["--trainer", "linearhead", "--prob_as_feature", "--lp_early_stopping"]):
-        m, d, a = parse_args(BASE + extra)
-        run.validate(m, d, a, get_task("uci-sentiment"))
+        m, d, a, ad = parse_args(BASE + extra)
+        run.validate(m, d, a, ad, get_task("uci-sentiment"))

@@ -1,4 +1,5 @@
-"""The three argument groups of run.py, with the reference's flag names and defaults.
+"""The four argument groups of run.py (model, data, training, adapters), with the reference's flag names
+and defaults.
 
 Parsed by HfArgumentParser so that the original shell commands keep working: bools take an
 optional value, the last occurrence of a flag wins, `--max_seq_len` is an alias of
@@ -51,10 +52,6 @@ class ModelArguments:
     l2_loss: bool = _f(False, "classification loss = MSE between label-word logits and one-hot labels", run=True)
     use_task_word: bool = _f(False, "[unsupported] legacy lm_head path; regression scores are always "
                              "produced here")
-    apply_lora: bool = _f(False, "inject LoRA into the attention query and value projections", run=True)
-    lora_r: Optional[int] = _f(None, "LoRA rank (scripts: 8)", run=True)
-    lora_alpha: Optional[int] = _f(None, "LoRA alpha (scripts: 16)", run=True)
-    lora_freeze_head: bool = _f(False, "with LoRA, also freeze the MLM head (the reference trains it)", run=True)
     sfc: bool = _f(False, "[unsupported] surface-form calibration (OPT-era)")
     icl_sfc: bool = _f(False, "[unsupported] in-context surface-form calibration (OPT-era)")
 
@@ -103,6 +100,28 @@ class DataArguments:
 
     def __post_init__(self):
         self.task_name = self.task_name.lower()   # as the original: SST-2 -> sst-2
+
+
+@dataclass
+class AdapterArguments:
+    """Parameter-efficient variants: which parameters exist and which train (their own --help group)."""
+    _argument_group_name = "adapters (LoRA, prefix-tuning, head tuning)"
+
+    apply_lora: bool = _f(False, "inject LoRA into the attention query and value projections", run=True)
+    lora_r: Optional[int] = _f(None, "LoRA rank (scripts: 8)", run=True)
+    lora_alpha: Optional[int] = _f(None, "LoRA alpha (scripts: 16)", run=True)
+    lora_freeze_head: bool = _f(False, "with LoRA, also freeze the MLM head (the reference trains it)", run=True)
+    prefix_tuning: bool = _f(False, "prefix-tuning: learn key/value prefixes in every attention layer", run=True)
+    num_prefix: int = _f(10, "number of prefix tokens (scripts: 5)", run=True)
+    no_reparam: bool = _f(False, "learn the prefixes directly (no MLP reparameterisation)", run=True)
+    prefix_init_by_real_act: bool = _f(False, "initialise prefixes from real activations of random tokens", run=True)
+    head_tuning: bool = _f(False, "train only the MLM head", run=True)
+
+    def __post_init__(self):
+        if self.apply_lora and (not self.lora_r or not self.lora_alpha):
+            raise UsageError("--apply_lora: needs --lora_r and --lora_alpha (the scripts use 8 and 16)")
+        if self.prefix_init_by_real_act and not self.no_reparam:
+            raise UsageError("--prefix_init_by_real_act: needs --no_reparam")
 
 
 @dataclass
@@ -174,12 +193,6 @@ class MezoTrainingArguments(TrainingArguments):
     max_zo_forward_steps: int = _f(0, "[ablation] also stop after this many ZO forward passes (0 = off)", run=True)
     optimize_acc: bool = _f(False, "[ablation] MeZO objective = minus the batch accuracy", run=True)
     layer_wise_optim: bool = _f(False, "[ablation] perturb only layer (step mod L) each step", run=True)
-    # --- parameter-efficient variants
-    head_tuning: bool = _f(False, "train only the MLM head", run=True)
-    prefix_tuning: bool = _f(False, "prefix-tuning: learn key/value prefixes in every attention layer", run=True)
-    num_prefix: int = _f(10, "number of prefix tokens (scripts: 5)", run=True)
-    no_reparam: bool = _f(False, "learn the prefixes directly (no MLP reparameterisation)", run=True)
-    prefix_init_by_real_act: bool = _f(False, "initialise prefixes from real activations of random tokens", run=True)
     # --- linear probing
     from_linearhead: bool = _f(False, "fit the logistic-regression head first, then train (LP-FT)", run=True)
     lp_early_stopping: bool = _f(False, "looser logistic-regression solver (tol 1e-2, 1000 iterations)", run=True)
@@ -359,14 +372,14 @@ def _one_line_error(message):
 
 def build_parser() -> ArgumentParser:
     from .ranges import annotate
-    parser = ArgumentParser((ModelArguments, DataArguments, MezoTrainingArguments))
+    parser = ArgumentParser((ModelArguments, DataArguments, MezoTrainingArguments, AdapterArguments))
     annotate(parser)  # --help states every range (src/mezo/ranges.py)
     parser.error = _one_line_error
     return parser
 
 
 def parse_args(argv=None):
-    """Parse argv (or a single .json config file) into (model, data, training) arguments."""
+    """Parse argv (or a single .json config file) into (model, data, training, adapter) arguments."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if len(argv) == 1 and argv[0].endswith(".json"):
@@ -376,13 +389,13 @@ def parse_args(argv=None):
         except (OSError, json.JSONDecodeError) as e:
             raise UsageError(f"{argv[0]}: cannot read the JSON configuration ({e})")
         try:
-            model_args, data_args, training_args = parser.parse_dict(config)
+            groups = parser.parse_dict(config)
         except ValueError as e:
             raise UsageError(f"{argv[0]}: {e}")
     else:
         try:
-            model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+            groups = parser.parse_args_into_dataclasses(argv)
         except ValueError as e:  # unknown arguments, invalid TrainingArguments combinations
             raise UsageError(str(e).splitlines()[0]) from None
-    check_unsupported(model_args, data_args, training_args)
-    return model_args, data_args, training_args
+    check_unsupported(*groups)
+    return groups

@@ -96,7 +96,7 @@ def _demo_template(data_args, task) -> str:
     return auto_demo_template(data_args.template, task.num_labels) if data_args.auto_demo else data_args.template
 
 
-def describe(datasets, task, model_args, data_args, training_args, word_ids) -> dict:
+def describe(datasets, task, model_args, data_args, training_args, adapter_args, word_ids) -> dict:
     """The JSON that says how inputs were rendered and what the logits mean."""
     from .templates import match_mapping_keys, parse_mapping
     prompt = "prompt" in model_args.few_shot_type
@@ -124,19 +124,19 @@ def describe(datasets, task, model_args, data_args, training_args, word_ids) -> 
         "double_demo": data_args.double_demo, "num_sample": data_args.num_sample, "seed": training_args.seed,
         "demonstrations": [{"text_a": e.text_a, "text_b": e.text_b, "label": e.label} for e in supports]
         if demo else None,
-        "prefix": {"num_prefix": training_args.num_prefix, "file": PREFIX_FILE} if training_args.prefix_tuning else None,
-        "lora": {"r": model_args.lora_r, "alpha": model_args.lora_alpha, "merged": True}
-        if model_args.apply_lora else None,
+        "prefix": {"num_prefix": adapter_args.num_prefix, "file": PREFIX_FILE} if adapter_args.prefix_tuning else None,
+        "lora": {"r": adapter_args.lora_r, "alpha": adapter_args.lora_alpha, "merged": True}
+        if adapter_args.apply_lora else None,
         "source_model": model_args.model_name_or_path,
     }
 
 
-def save(model, tokenizer, datasets, task, model_args, data_args, training_args, out_dir=None) -> str:
+def save(model, tokenizer, datasets, task, model_args, data_args, training_args, adapter_args, out_dir=None) -> str:
     """Write the export folder (default `<output_dir>/model`); returns its path."""
     from safetensors.torch import save_file
     out_dir = out_dir or os.path.join(training_args.output_dir, "model")
     word_ids = None if getattr(model, "label_word_ids", None) is None else model.label_word_ids.tolist()
-    meta = describe(datasets, task, model_args, data_args, training_args, word_ids)
+    meta = describe(datasets, task, model_args, data_args, training_args, adapter_args, word_ids)
     # Written beside, then swapped in: a crash leaves the old folder, never a mix of two runs' files.
     tmp = out_dir.rstrip(os.sep) + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -176,19 +176,19 @@ def enlarge_token_types(mlm, rows: int = DEMO_SEGMENTS) -> None:
     mlm.config.type_vocab_size = rows
 
 
-def set_trainable(model, model_args, training_args) -> None:
+def set_trainable(model, adapter_args) -> None:
     """Freezing rules of spec §4.2 (LoRA and prefix tuning add their own parameters first)."""
     names = dict(model.named_parameters())
     prefix = getattr(model, "base_prefix", None) or model.base_model_prefix
     head = getattr(model, "head_name", None)
     for name, p in names.items():
-        if training_args.prefix_tuning:
+        if adapter_args.prefix_tuning:
             p.requires_grad_("prefix" in name)
-        elif model_args.apply_lora:
+        elif adapter_args.apply_lora:
             frozen_part = name.startswith(prefix) or (
-                model_args.lora_freeze_head and not name.startswith(prefix))
+                adapter_args.lora_freeze_head and not name.startswith(prefix))
             p.requires_grad_("lora_" in name or not frozen_part)
-        elif training_args.head_tuning:
+        elif adapter_args.head_tuning:
             p.requires_grad_(head is not None and name.startswith(head + "."))
         else:
             p.requires_grad_(True)
