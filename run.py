@@ -116,6 +116,8 @@ def validate_ablations(a, task):
 
 def validate_zo_method(a):
     """--zo_method other than mezo: a direct-path method over a fixed parameter list (src/mezo/zo_methods.py)."""
+    if a.fzoo_batched and a.zo_method != "fzoo":
+        raise UsageError(f"--fzoo_batched: batches FZOO's perturbed losses; needs --zo_method fzoo, not {a.zo_method}")
     if a.zo_method == "mezo":
         return
     if not a.zero_order_optim or a.zero_order_use_trainer_optim:

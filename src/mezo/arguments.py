@@ -160,6 +160,10 @@ class MezoTrainingArguments(TrainingArguments):
     lozo_nu: int = _f(50, "--zo_method lozo/lozo_m: V is redrawn every nu steps", run=True)
     lozo_beta1: float = _f(0.9, "--zo_method lozo_m: momentum in the U space", run=True)
     fzoo_n: int = _f(8, "--zo_method fzoo: N one-sided Rademacher estimates per step (no published default)", run=True)
+    fzoo_batched: bool = _f(False, "--zo_method fzoo: the N perturbed losses in one vmapped forward (N copies of the "
+                            "trainable parameters, N times the activations); where it cannot run (the copies over "
+                            "half the free memory, an op vmap cannot batch, out of memory) a warning and one "
+                            "forward per loss: same numbers (src/mezo/fzoo_batched.py)", run=True)
     zero_order_use_trainer_optim: bool = _f(False, "[ablation] write the ZO gradient into .grad and let the "
                                             "torch optimizer and scheduler update", run=True)
     zero_order_sample: int = _f(1, "[ablation] n in n-SPSA: n SPSA pairs per step, estimates averaged "

@@ -34,10 +34,23 @@ def find_self_attentions(model: nn.Module):
     return found
 
 
+class LoRALinear(loralib.Linear):
+    """loralib.Linear with its LoRA term added out of place: the same numbers, and torch.func.vmap can
+    batch it (--fzoo_batched: W x is unbatched when only A, B are stacked; an in-place add cannot widen it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.transpose(0, 1) if self.fan_in_fan_out else self.weight
+        result = nn.functional.linear(x, w, bias=self.bias)
+        if self.r > 0 and not self.merged:
+            result = result + (self.lora_dropout(x) @ self.lora_A.transpose(0, 1)
+                               @ self.lora_B.transpose(0, 1)) * self.scaling
+        return result
+
+
 def lora_linear(base: nn.Linear, r: int, alpha: int) -> loralib.Linear:
     """A never-merging loralib.Linear carrying a copy of `base`'s weight and bias."""
     w = base.weight
-    layer = loralib.Linear(base.in_features, base.out_features, r=r, lora_alpha=alpha, lora_dropout=0.0,
+    layer = LoRALinear(base.in_features, base.out_features, r=r, lora_alpha=alpha, lora_dropout=0.0,
                            merge_weights=False, bias=base.bias is not None, device=w.device, dtype=w.dtype)
     with torch.no_grad():
         layer.weight.copy_(w)

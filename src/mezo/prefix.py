@@ -126,7 +126,6 @@ def inject_prefix(model: nn.Module, num_prefix: int, reparam: bool = True, init_
     if reparam:
         model.prefix_input_embeds = nn.Parameter(torch.randn(num_prefix, EMBED_DIM, device=ref.device,
                                                              dtype=ref.dtype))
-        embeds = model.prefix_input_embeds
     for i, (block, attn) in enumerate(blocks):
         if reparam:
             block.prefix_mlp_keys = _mlp(hidden).to(device=ref.device, dtype=ref.dtype)
@@ -137,7 +136,7 @@ def inject_prefix(model: nn.Module, num_prefix: int, reparam: bool = True, init_
         else:
             block.prefix_keys = nn.Parameter(torch.randn(num_prefix, hidden, device=ref.device, dtype=ref.dtype))
             block.prefix_values = nn.Parameter(torch.randn(num_prefix, hidden, device=ref.device, dtype=ref.dtype))
-        _install(block, attn, embeds if reparam else None, num_prefix, heads)
+        _install(block, attn, (lambda: model.prefix_input_embeds) if reparam else None, num_prefix, heads)
     return sum(p.numel() for n, p in model.named_parameters() if "prefix" in n)
 
 
@@ -156,7 +155,8 @@ def _install(block, attn, embeds, num_prefix, heads):
             raise RuntimeError("prefix tuning cannot be combined with a key/value cache")
         hidden_states = args[0] if args else kwargs["hidden_states"]
         batch = hidden_states.shape[0]
-        keys, values = prefix_states(block, embeds)
+        # E looked up on the model at each call (not captured), so torch.func.functional_call can swap it
+        keys, values = prefix_states(block, None if embeds is None else embeds())
 
         def split(x):  # (P, hidden) -> (batch, heads, P, head_dim), as the stock forward lays out keys
             return x.view(1, num_prefix, heads, -1).transpose(1, 2).expand(batch, -1, -1, -1)

@@ -102,7 +102,7 @@ NO_RANGE = {
         "head_tuning", "prefix_tuning", "no_reparam", "prefix_init_by_real_act", "from_linearhead",
         "lp_early_stopping", "prob_as_feature", "overwrite_output_dir", "no_train", "no_predict", "save_at_last",
         "random_model_init", "tie_emb", "sweep", "save_logit", "save_model", "torch_adamw", "zo_variant_corrected",
-        "zo_sign_elementwise"),
+        "zo_sign_elementwise", "fzoo_batched"),
     "free text / any integer (only copied to the log or a file name)": ("tag", "array_id", "model_id"),
     "refused when set (arguments.check_unsupported)": (
         "random_segment", "use_task_word", "sfc", "icl_sfc", "num_demo", "template_path", "mapping_path",

@@ -147,14 +147,17 @@ class MezoTrainer(hf_private.CheckpointSeams):
         return self.zo_logged_loss(zo.mezo_step(run.params, loss_fn, run.noise, run.next_seed(),
                                                 eps=self.args.zero_order_eps, lr=lr, weight_decay=run.decay))
 
-    def zo_forward(self, model, inputs) -> torch.Tensor:
-        """Loss of one forward pass in eval mode (dropout off), without autograd."""
+    def zo_model_loss(self, model, inputs) -> torch.Tensor:
+        """The objective of one forward, without autograd (--fzoo_batched calls it under vmap)."""
         with torch.no_grad(), self.compute_loss_context_manager():
             if self.args.optimize_acc:
                 _, out = self.compute_loss(model, inputs, return_outputs=True)
-                loss = zo_ablations.minus_accuracy(out["logits"], inputs["labels"])
-            else:
-                loss = self.compute_loss(model, inputs)
+                return zo_ablations.minus_accuracy(out["logits"], inputs["labels"])
+            return self.compute_loss(model, inputs)
+
+    def zo_forward(self, model, inputs) -> torch.Tensor:
+        """Loss of one forward pass in eval mode (dropout off), without autograd."""
+        loss = self.zo_model_loss(model, inputs)
         self.zo_run.forwards += 1
         # Data-parallel MeZO: ranks share the step seed, so only the loss is exchanged.
         return distributed.global_mean(loss.detach(), len(inputs["input_ids"]))
@@ -168,13 +171,21 @@ class MezoTrainer(hf_private.CheckpointSeams):
         full-batch loss with one micro-batch's activations. None until the last micro-batch arrives."""
         n = self.accumulation_steps()
         if n == 1 and not self.zo_micro:
-            return lambda: self.zo_forward(model, inputs)
+            return self.zo_batch_loss(model, inputs)
         self.zo_micro.append(inputs)
         if len(self.zo_micro) < n:
             return None
-        parts = [((lambda b=b: self.zo_forward(model, b)), len(b["input_ids"])) for b in self.zo_micro]
+        parts = [(self.zo_batch_loss(model, b), len(b["input_ids"])) for b in self.zo_micro]
         self.zo_micro = []
         return zo_methods.accumulated_loss(parts)
+
+    def zo_batch_loss(self, model, inputs):
+        """One batch's loss_fn; with --fzoo_batched it also gives FZOO's N perturbed losses in one
+        vmapped forward of the unwrapped model (src/mezo/fzoo_batched.py)."""
+        loss_fn = lambda: self.zo_forward(model, inputs)  # noqa: E731
+        if self.zo_run.batched is None:
+            return loss_fn
+        return self.zo_run.batched.wrap(loss_fn, lambda m: self.zo_model_loss(m, inputs), len(inputs["input_ids"]))
 
     def zo_logged_loss(self, step) -> torch.Tensor:
         """The loss the loop logs for a MeZO step; a skipped (non-finite) step is counted and logged."""

@@ -69,7 +69,8 @@ def accumulated_loss(parts: Sequence[Tuple[Callable[[], torch.Tensor], int]]) ->
     the mean over its micro-batch. ``zo.mezo_step`` calls it inside each perturbed state, so every
     micro-batch sees the same z (the same seed) and the update equals the full-batch update up to
     float rounding, while only one micro-batch's activations are alive at a time. It counts n
-    forwards per loss evaluation.
+    forwards per loss evaluation. When every part offers FZOO's batched ``perturbed_losses``
+    (--fzoo_batched), so does the result: each micro-batch batched in turn, averaged the same way.
     """
     parts = list(parts)
     if not parts:
@@ -83,6 +84,18 @@ def accumulated_loss(parts: Sequence[Tuple[Callable[[], torch.Tensor], int]]) ->
         for fn, n in parts:
             acc += float(fn()) * int(n)
         return torch.tensor(acc / total, dtype=torch.float64)
+
+    if all(hasattr(fn, "perturbed_losses") for fn, _ in parts):
+        def perturbed_losses(noise, params, seeds, eps) -> Optional[List[float]]:
+            """FZOO's batched losses, micro-batch by micro-batch, averaged as above (None: fall back)."""
+            acc = np.zeros(len(seeds))
+            for fn, n in parts:
+                ls = fn.perturbed_losses(noise, params, seeds, eps)
+                if ls is None:
+                    return None
+                acc += np.asarray(ls, dtype=np.float64) * int(n)
+            return (acc / total).tolist()
+        loss_fn.perturbed_losses = perturbed_losses
     return loss_fn
 
 
@@ -522,13 +535,16 @@ class FZOO(ZOMethod):
       l0 = L(theta); l_i = L(theta + eps u_i), u_i Rademacher, i = 1..N;
       g = 1 / (eps N) sum_i (l_i - l0) u_i;  sigma = std(l_1..l_N) (N - 1 in the denominator);
       theta <- theta - lr (g / sigma + wd theta).
-    NOT verified against public code (none was reachable from here): the placement of eps (with
-    eps in g, lr absorbs a factor eps relative to a reading without it), the ddof of sigma, and
-    how weight decay enters. A step with sigma = 0 or a non-finite loss is skipped.
-    ``batched_losses(noise, params, seeds, eps) -> [l_1..l_N]`` evaluates the N perturbed losses
-    in one batched forward where the model allows (e.g. ``VmapLosses`` for small models); it must
-    return the same numbers as the sequential loop, which is the default. u_i is keyed by
-    sub_seed(seed, i). No state. Forwards: N + 1.
+    The public code (DKmiyan/FZOO ``trainer.py::zo_step`` / ``zo_update``) differs in two places:
+    it does not divide by eps (theta -= lr / (N sigma) sum_i (l_i - l0) u_i) and its sigma has N in
+    the denominator (``torch.std(unbiased=False)``); so its lr equals lr_here / (eps sqrt(N / (N - 1))).
+    It has no weight decay, evaluates l0 after the l_i, and loops over the N forwards. A step with
+    sigma = 0 or a non-finite loss is skipped.
+    The N perturbed losses come from, in order: ``batched_losses(noise, params, seeds, eps)`` if
+    given; else ``loss_fn.perturbed_losses(...)`` if the loss function has one and it does not
+    return None (src/mezo/fzoo_batched.py: one vmapped forward, ``--fzoo_batched``); else the
+    sequential loop. All must give the same numbers. u_i is keyed by sub_seed(seed, i). No state.
+    Forwards: N + 1.
     """
 
     name = "fzoo"
@@ -557,6 +573,12 @@ class FZOO(ZOMethod):
     def _perturbed_losses(self, loss_fn, seeds) -> List[float]:
         if self.batched_losses is not None:
             return [float(x) for x in self.batched_losses(self.noise, self.params, seeds, self.eps)]
+        # a loss_fn may evaluate the N losses itself in one batched forward (src/mezo/fzoo_batched.py);
+        # None means it cannot (it fell back), and the sequential loop below gives the same numbers
+        batched = getattr(loss_fn, "perturbed_losses", None)
+        out = None if batched is None else batched(self.noise, self.params, seeds, self.eps)
+        if out is not None:
+            return [float(x) for x in out]
         out = []
         for s in seeds:
             self.noise.add_(self.params, s, self.eps)
@@ -587,19 +609,30 @@ class VmapLosses:
     """FZOO's batched evaluation: the N perturbed losses in one vmapped forward (``torch.func``).
 
     ``loss_of(params_dict) -> loss`` runs the model functionally (``torch.func.functional_call``).
-    Memory: N copies of the perturbed parameters, so this suits small parameter sets (heads,
-    adapters, prefixes); for full RoBERTa-large use the sequential loop.
+    Stacked copy k of parameter i is theta_i + eps u_k, made as the sequential loop makes it
+    (``add_(z, alpha=eps)``), so both paths see the same perturbed numbers. Memory: N copies of
+    the trainable parameters and activations of N times the batch, so this suits small parameter
+    sets (heads, adapters, prefixes); src/mezo/fzoo_batched.py decides when the Trainer uses it.
     """
 
     def __init__(self, names: Sequence[str], loss_of: Callable[[Dict[str, torch.Tensor]], torch.Tensor]):
         self.names = list(names)
         self.loss_of = loss_of
 
-    def __call__(self, noise: ParamNoise, params, seeds, eps) -> List[float]:
-        stacked = [torch.stack([p + eps * noise.z(p, i, s) for s in seeds]) for i, p in enumerate(params)]
-        f = lambda *ps: self.loss_of(dict(zip(self.names, ps)))  # noqa: E731
+    def losses(self, noise: ParamNoise, params, seeds, eps) -> torch.Tensor:
+        """The N losses as a tensor (on the parameters' device)."""
+        stacked = []
         with torch.no_grad():
-            return torch.func.vmap(f)(*stacked).tolist()
+            for i, p in enumerate(params):
+                copies = p.detach().unsqueeze(0).repeat(len(seeds), *([1] * p.dim()))
+                for k, s in enumerate(seeds):
+                    copies[k].add_(noise.z(p, i, s), alpha=eps)
+                stacked.append(copies)
+            f = lambda *ps: self.loss_of(dict(zip(self.names, ps)))  # noqa: E731
+            return torch.func.vmap(f)(*stacked)
+
+    def __call__(self, noise: ParamNoise, params, seeds, eps) -> List[float]:
+        return self.losses(noise, params, seeds, eps).tolist()
 
 
 METHODS = {

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from . import distributed, zo, zo_ablations, zo_methods
+from . import distributed, fzoo_batched, zo, zo_ablations, zo_methods
 from .errors import TrainingDiverged
 
 logger = logging.getLogger(__name__)
@@ -70,10 +70,16 @@ class ZORun(TrainerCallback):
         # --zo_method: a method that followed MeZO, on the same step (src/mezo/zo_methods.py)
         self.method = None if a.zo_method == "mezo" else zo_methods.build_method(
             a.zo_method, self.params, eps=a.zero_order_eps, weight_decay=self.decay, **zo_method_kwargs(a))
+        self.batched = None   # --fzoo_batched: FZOO's N perturbed losses in one vmapped forward
+        if a.zo_method == "fzoo" and a.fzoo_batched:
+            self.batched = fzoo_batched.for_run(model, named, a.fzoo_n, self.count_forwards)
         self.ab = None   # layer selection / block scaling / trainer-optimizer path (src/mezo/zo_ablations.py)
         if a.zero_order_use_trainer_optim or zo_ablations.needs_state(a):
             layers = getattr(getattr(model, "config", None), "num_hidden_layers", 1)
             self.ab = zo_ablations.ZOAblation(named, layers, a, self.noise)
+
+    def count_forwards(self, k: int) -> None:
+        self.forwards += k
 
     def next_seed(self) -> int:
         return int(self.seeds.randint(1_000_000_000))
