@@ -72,6 +72,8 @@ def validate(model_args, data_args, training_args, adapter_args, task):
 
 def validate_ablations(a, task):
     """MeZO ablation, momentum and linear-probing flag combinations (ranges: src/mezo/ranges.py)."""
+    from mezo.zo_ablations import SAMPLE_SCHEDULERS, VARIANTS
+
     def is_set(flag):
         return getattr(a, flag) not in (False, None, 0)
     zo_only = ("zero_order_use_trainer_optim", "zo_variant", "zo_by_layer", "optimize_acc", "layer_wise_optim",
@@ -83,7 +85,7 @@ def validate_ablations(a, task):
     if a.zero_order_sample > 1 and not (a.zero_order_optim and a.zero_order_use_trainer_optim):
         raise UsageError(f"--zero_order_sample {a.zero_order_sample}: n > 1 needs --zero_order_optim "
                          "--zero_order_use_trainer_optim (n-SPSA writes its estimate into .grad)")
-    if a.zero_order_sample_scheduler not in (None, "constant", "linear"):
+    if a.zero_order_sample_scheduler not in SAMPLE_SCHEDULERS:
         raise UsageError(f"--zero_order_sample_scheduler {a.zero_order_sample_scheduler!r}: expected constant or linear")
     if a.zero_order_optim and not a.zero_order_use_trainer_optim:
         for flag in ("zero_order_sample_scheduler", "zero_order_clip_grad", "zo_by_layer"):
@@ -93,7 +95,7 @@ def validate_ablations(a, task):
         if a.momentum:
             raise UsageError(f"--momentum {a.momentum}: the direct MeZO update has no momentum; add "
                              "--zero_order_use_trainer_optim --optimizer sgd for ZO-SGD with momentum")
-    if a.zo_variant not in (None, "grad_norm", "param_norm"):
+    if a.zo_variant not in VARIANTS:
         raise UsageError(f"--zo_variant {a.zo_variant!r}: expected grad_norm or param_norm")
     if a.use_zo_grad_est and a.zo_variant != "grad_norm":
         raise UsageError("--use_zo_grad_est: needs --zo_variant grad_norm")

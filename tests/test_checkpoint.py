@@ -152,7 +152,7 @@ def test_kill9_adam_while_writing_checkpoint_then_resume_is_bit_identical(childr
                                                                           data_dir):
     out, log = children.wait("adam-before-rename")
     assert os.path.isdir(out / ".tmp-checkpoint-6") and not os.path.exists(out / "checkpoint-6")
-    assert checkpoint.latest(str(out)) == str(out / "checkpoint-3")  # mid-epoch (step 3 of 4)
+    assert checkpoint.list_checkpoints(str(out))[-1][1] == str(out / "checkpoint-3")  # mid-epoch (step 3 of 4)
     _resume_and_compare(adam_ref, out, log, tiny_roberta_dir, data_dir, "adam")
 
 
@@ -192,8 +192,8 @@ def test_listing_ignores_incomplete_tmp_and_trash(tmp_path):
     (tmp_path / ".tmp-checkpoint-18").mkdir()
     (tmp_path / ".trash-checkpoint-1").mkdir()
     assert [s for s, _ in checkpoint.list_checkpoints(str(tmp_path))] == [3, 12]
-    assert checkpoint.latest(str(tmp_path)) == str(tmp_path / "checkpoint-12")
-    assert checkpoint.latest(str(tmp_path / "nothing")) is None
+    assert checkpoint.list_checkpoints(str(tmp_path))[-1][1] == str(tmp_path / "checkpoint-12")
+    assert checkpoint.list_checkpoints(str(tmp_path / "nothing")) == []
 
 
 def test_rotate_keeps_newest_up_to_current_and_drops_abandoned_future(tmp_path):

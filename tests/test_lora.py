@@ -8,13 +8,18 @@ import tiny
 import torch
 from transformers import AutoModelForMaskedLM
 
-from mezo.errors import UsageError
-from mezo.lora import inject_lora, lora_parameter_count
 from mezo.arguments import AdapterArguments
+from mezo.errors import UsageError
+from mezo.lora import inject_lora
 from mezo.models import PromptMLM, count_trainable, set_trainable
 
 WORDS = [5, 6]
 
+
+
+def lora_parameter_count(num_layers: int, hidden: int, r: int) -> int:
+    """The paper's count for square query/value projections: layers x 2 x (r h + h r)."""
+    return num_layers * 2 * (r * hidden + hidden * r)
 
 def _args(apply_lora=True, lora_freeze_head=False):
     return (AdapterArguments(apply_lora=apply_lora, lora_r=4, lora_alpha=8, lora_freeze_head=lora_freeze_head),)

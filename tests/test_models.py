@@ -3,8 +3,8 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from mezo.errors import UsageError
 from mezo.arguments import AdapterArguments
+from mezo.errors import UsageError
 from mezo.models import PromptMLM, count_trainable, set_trainable
 
 

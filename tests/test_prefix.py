@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from mezo.errors import UsageError
 from mezo.arguments import AdapterArguments
+from mezo.errors import UsageError
 from mezo.models import PromptMLM, count_trainable, set_trainable
 from mezo.prefix import EMBED_DIM, MID_DIM, inject_prefix
 

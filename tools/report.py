@@ -121,7 +121,7 @@ def collect(records, proxy=True):
         if not best:
             continue
         tests = np.array([float(b[test_key]) for b in best]) * 100
-        k_tag, model, method = parse_tag(tag)
+        _, model, method = parse_tag(tag)
         paper, ptask = paper_number(method, task, k, proxy)
         n_runs = sum(1 for r in records if r.get("task_name") == task and r.get("tag") == tag
                      and int(r.get("num_k") or 0) == k and key in r and test_key in r)

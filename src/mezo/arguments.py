@@ -87,7 +87,7 @@ class DataArguments:
     demo_filter: bool = _f(False, "filter demonstrations by similarity (precomputed embeddings in data_dir)", run=True)
     demo_filter_rate: float = _f(0.5, "fraction of candidates kept by --demo_filter", run=True)
     demo_filter_model: Optional[str] = _f(None, "name in train_<model>.npy / <split>_<model>.npy", run=True)
-    debug_mode: bool = _f(False, "print details while filtering demonstrations")
+    debug_mode: bool = _f(False, "[unsupported] prints while filtering demonstrations")
     double_demo: bool = _f(False, "with demonstrations, double max_seq_length", run=True)
     first_sent_limit: Optional[int] = _f(None, "token cap for sentence 0", run=True)
     other_sent_limit: Optional[int] = _f(None, "token cap for every other sentence", run=True)
@@ -333,6 +333,7 @@ UNSUPPORTED = {
     "adjust_for_init": "the eNTK kernel trainer is not implemented",
     "f0_scaling": "the eNTK kernel trainer is not implemented",
     "num_hvp_vecs": "unused in the reference",
+    "debug_mode": "the demonstration filter's debugging prints are not implemented",
     "mc_tol": "unused in the reference",
 }
 

@@ -78,11 +78,6 @@ def list_checkpoints(output_dir: str):
     return sorted(found)
 
 
-def latest(output_dir: str):
-    found = list_checkpoints(output_dir)
-    return found[-1][1] if found else None
-
-
 def read_meta(path: str) -> dict:
     with open(os.path.join(path, META)) as f:
         return json.load(f)

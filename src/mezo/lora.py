@@ -79,8 +79,3 @@ def inject_lora(model: nn.Module, r: int, alpha: int) -> int:
             setattr(attn, target, layer)
             added += layer.lora_A.numel() + layer.lora_B.numel()
     return added
-
-
-def lora_parameter_count(num_layers: int, hidden: int, r: int) -> int:
-    """#LoRA parameters for square query/value projections: layers × 2 × (r·h + h·r)."""
-    return num_layers * 2 * (r * hidden + hidden * r)

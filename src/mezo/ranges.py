@@ -94,7 +94,7 @@ NO_RANGE = {
         "few_shot_type", "task_name", "template", "mapping", "optimizer", "trainer",
         "zero_order_sample_scheduler", "zo_variant", "lr_scheduler_type", "zo_method", "hizoo_form"),
     "switches": (
-        "l2_loss", "apply_lora", "lora_freeze_head", "overwrite_cache", "auto_demo", "demo_filter", "debug_mode",
+        "l2_loss", "apply_lora", "lora_freeze_head", "overwrite_cache", "auto_demo", "demo_filter",
         "double_demo", "truncate_head", "evaluate_during_training", "zero_order_optim", "efficient_zero_order",
         "zo_cache_z", "zo_no_decay_bias_norm", "zero_order_use_trainer_optim", "scale_lr_with_samples",
         "zero_order_clip_grad", "use_zo_grad_est", "recompute_norms", "scale_norm_by_num_params",
@@ -105,7 +105,7 @@ NO_RANGE = {
         "zo_sign_elementwise", "fzoo_batched"),
     "free text / any integer (only copied to the log or a file name)": ("tag", "array_id", "model_id"),
     "refused when set (arguments.check_unsupported)": (
-        "random_segment", "use_task_word", "sfc", "icl_sfc", "num_demo", "template_path", "mapping_path",
+        "debug_mode", "random_segment", "use_task_word", "sfc", "icl_sfc", "num_demo", "template_path", "mapping_path",
         "prompt_path", "template_id", "mapping_id", "prompt_id", "top_n_template", "sfc_prompt",
         "use_full_length", "gpt3_in_context_head", "gpt3_in_context_tail", "gpt3_in_context_num",
         "gpt3_demo_separator", "fix_layers", "optimizer_variant", "hf_inference_model",

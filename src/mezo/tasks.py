@@ -216,10 +216,6 @@ class Task:
             raise UsageError(self._label_error(label))
         return self._label_index[label]
 
-    def label_target(self, label):
-        """What a model is trained on: the label id, or the float score for regression."""
-        return self.label_id(label)
-
     # -- metrics ------------------------------------------------------------------------
     @property
     def metric_names(self) -> tuple:
@@ -340,12 +336,6 @@ class RegressionTsvTask(TsvTask):
             raise UsageError(f"label {label!r} for task {self.name}: not a number in "
                              f"[{self.regression_bounds[0]}, {self.regression_bounds[1]}]")
         return 0
-
-    def label_target(self, label):
-        v = self._score(label)
-        if v is None:
-            self.label_id(label)  # raises
-        return v
 
 
 class MnliMismatchedTask(TsvTask):

@@ -183,7 +183,6 @@ class ZOAblation:
         self.consts: Dict[str, float] = {}
         self.need_consts = False   # set at epoch starts (zo_run.ZORun.on_epoch_begin)
         self.skipped = 0
-        self.last_num_zs = 0
 
     # --- bookkeeping
     @property
@@ -256,7 +255,6 @@ class ZOAblation:
         a = self.args
         eps = a.zero_order_eps
         n = num_samples(a.zero_order_sample_scheduler, a.zero_order_sample, global_step, max_steps)
-        self.last_num_zs = n
         div = grad_accum * (1 if a.scale_lr_with_samples else n)
         idx = self.selected(global_step)
         if a.zo_by_layer:

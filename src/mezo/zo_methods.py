@@ -396,7 +396,6 @@ class HiZOO(ZOMethod):
         self.alpha, self.form = float(alpha), form
         self.diag = [torch.ones_like(p, memory_format=torch.contiguous_format) for p in self.params]
         self.scaled = ScaledNoise(self.noise, self.sqrt_sigma)
-        self.last_l0 = float("nan")
 
     def default_noise(self):
         return GaussianParamNoise()
@@ -409,7 +408,7 @@ class HiZOO(ZOMethod):
         return {"hessian" if self.form == "paper" else "sigma": self.diag}
 
     def _step(self, loss_fn, seed, lr):
-        l0 = self.last_l0 = float(loss_fn())
+        l0 = float(loss_fn())
         st = self._spsa(loss_fn, seed, noise=self.scaled)
         if st.skipped or not math.isfinite(l0):
             return st._replace(skipped=True)
@@ -558,7 +557,6 @@ class FZOO(ZOMethod):
             raise ValueError("FZOO's directions are Rademacher (zo_noise.RademacherNoise)")
         self.n = int(n)
         self.batched_losses = batched_losses
-        self.last_losses: List[float] = []
 
     def default_noise(self):
         return RademacherNoise()
@@ -591,7 +589,7 @@ class FZOO(ZOMethod):
     def _step(self, loss_fn, seed, lr):
         l0 = float(loss_fn())
         seeds = self.direction_seeds(seed)
-        ls = self.last_losses = self._perturbed_losses(loss_fn, seeds)
+        ls = self._perturbed_losses(loss_fn, seeds)
         sigma = float(np.std(ls, ddof=1)) if all(map(math.isfinite, ls)) else float("nan")
         if not (math.isfinite(l0) and math.isfinite(sigma) and sigma > 0):
             return _skipped(l0, float(np.mean(ls)), float("nan"))
