@@ -22,23 +22,11 @@ from mezo.model_types import PEFT_MODEL_TYPES, ROBERTA_TYPES
 logger = logging.getLogger("run")
 
 
-def check_ranges(*groups):
-    """Every numeric flag against its range (src/mezo/ranges.py, also shown by --help)."""
-    from mezo.ranges import bad_field
-    bad = bad_field(*groups)
-    if bad:
-        flag, value, wording = bad
-        raise UsageError(f"{flag} {value}: must be {wording}")
-
-
 def validate(model_args, data_args, training_args, adapter_args, task):
-    """Everything that can be checked without loading a model; each failure names its flag or file."""
+    """What needs the task or the file system, before any model loads; each failure names its flag or file."""
     from mezo import templates
 
     a = training_args
-    check_ranges(model_args, data_args, a, adapter_args)
-    if model_args.few_shot_type not in ("finetune", "prompt", "prompt-demo"):
-        raise UsageError(f"--few_shot_type {model_args.few_shot_type!r}: expected finetune, prompt or prompt-demo")
     if not os.path.isdir(data_args.data_dir):
         raise UsageError(f"--data_dir {data_args.data_dir}: no such folder")
     splits = ["train"] * a.do_train + ["dev"] * (a.do_eval or a.evaluate_during_training) + ["test"] * a.do_predict
@@ -53,89 +41,12 @@ def validate(model_args, data_args, training_args, adapter_args, task):
         if not data_args.mapping:
             raise UsageError(f"--mapping: required with --few_shot_type {model_args.few_shot_type}")
         templates.parse_mapping(data_args.mapping)
-    if a.do_train and a.evaluate_during_training and not a.eval_steps:
-        raise UsageError("--eval_steps: required with --evaluate_during_training")
-    validate_run_control(a)
-    direct_ablation = (a.zero_order_optim and not a.zero_order_use_trainer_optim
-                       and (a.zo_variant or a.layer_wise_optim))
-    if a.gradient_accumulation_steps != 1 and direct_ablation:
-        raise UsageError(f"--gradient_accumulation_steps {a.gradient_accumulation_steps}: not with --zo_variant or "
-                         "--layer_wise_optim on the direct MeZO update (add --zero_order_use_trainer_optim)")
-    if a.trainer not in ("standard", "linearhead"):
-        raise UsageError(f"--trainer {a.trainer!r}: expected standard or linearhead (the kernel trainer is not implemented)")
-    for flag in NOT_YET:
-        if getattr(a, flag) not in (False, None, 0, "standard"):
-            raise UsageError(f"--{flag} {getattr(a, flag)!r}: not implemented yet in this version")
-    validate_ablations(a, task)
-    validate_zo_method(a)
-
-
-def validate_ablations(a, task):
-    """MeZO ablation, momentum and linear-probing flag combinations (ranges: src/mezo/ranges.py)."""
-    from mezo.zo_ablations import SAMPLE_SCHEDULERS, VARIANTS
-
-    def is_set(flag):
-        return getattr(a, flag) not in (False, None, 0)
-    zo_only = ("zero_order_use_trainer_optim", "zo_variant", "zo_by_layer", "optimize_acc", "layer_wise_optim",
-               "max_zo_forward_steps", "zero_order_sample_scheduler", "zero_order_clip_grad", "scale_lr_with_samples")
-    if not a.zero_order_optim:
-        for flag in zo_only:
-            if is_set(flag):
-                raise UsageError(f"--{flag}: needs --zero_order_optim (it is a MeZO ablation)")
-    if a.zero_order_sample > 1 and not (a.zero_order_optim and a.zero_order_use_trainer_optim):
-        raise UsageError(f"--zero_order_sample {a.zero_order_sample}: n > 1 needs --zero_order_optim "
-                         "--zero_order_use_trainer_optim (n-SPSA writes its estimate into .grad)")
-    if a.zero_order_sample_scheduler not in SAMPLE_SCHEDULERS:
-        raise UsageError(f"--zero_order_sample_scheduler {a.zero_order_sample_scheduler!r}: expected constant or linear")
-    if a.zero_order_optim and not a.zero_order_use_trainer_optim:
-        for flag in ("zero_order_sample_scheduler", "zero_order_clip_grad", "zo_by_layer"):
-            if is_set(flag):
-                raise UsageError(f"--{flag}: needs --zero_order_use_trainer_optim (the direct MeZO update "
-                                 "takes one SPSA pair over all parameters per step)")
-        if a.momentum:
-            raise UsageError(f"--momentum {a.momentum}: the direct MeZO update has no momentum; add "
-                             "--zero_order_use_trainer_optim --optimizer sgd for ZO-SGD with momentum")
-    if a.zo_variant not in VARIANTS:
-        raise UsageError(f"--zo_variant {a.zo_variant!r}: expected grad_norm or param_norm")
-    if a.use_zo_grad_est and a.zo_variant != "grad_norm":
-        raise UsageError("--use_zo_grad_est: needs --zo_variant grad_norm")
-    for flag in ("recompute_norms", "scale_norm_by_num_params", "change_grad_estimate", "zo_variant_corrected"):
-        if is_set(flag) and not a.zo_variant:
-            raise UsageError(f"--{flag}: needs --zo_variant grad_norm or param_norm")
-    if a.norm_running_update and not (a.zo_by_layer and a.zo_variant == "grad_norm"):
-        raise UsageError("--norm_running_update: needs --zo_by_layer and --zo_variant grad_norm")
+    # Flag values and combinations are checked by the argument dataclasses (src/mezo/arguments.py);
+    # what needs the task is checked here.
     if a.optimize_acc and task.output_mode == "regression":
         raise UsageError(f"--optimize_acc: task {task.name} is a regression task (no accuracy)")
-    if a.momentum and a.optimizer != "sgd":
-        raise UsageError(f"--momentum {a.momentum}: needs --optimizer sgd (AdamW has its own betas)")
-    probing = a.trainer == "linearhead" or a.from_linearhead
-    for flag in ("prob_as_feature", "lp_early_stopping"):
-        if is_set(flag) and not probing:
-            raise UsageError(f"--{flag}: needs --trainer linearhead or --from_linearhead")
     if a.prob_as_feature and task.output_mode == "regression":
         raise UsageError(f"--prob_as_feature: task {task.name} is a regression task")
-
-
-def validate_zo_method(a):
-    """--zo_method other than mezo: a direct-path method over a fixed parameter list (src/mezo/zo_methods.py)."""
-    if a.fzoo_batched and a.zo_method != "fzoo":
-        raise UsageError(f"--fzoo_batched: batches FZOO's perturbed losses; needs --zo_method fzoo, not {a.zo_method}")
-    if a.zo_method == "mezo":
-        return
-    if not a.zero_order_optim or a.zero_order_use_trainer_optim:
-        raise UsageError(f"--zo_method {a.zo_method}: needs --zero_order_optim without --zero_order_use_trainer_optim")
-    for flag in ("zo_variant", "layer_wise_optim", "zo_cache_z"):
-        if getattr(a, flag):
-            raise UsageError(f"--{flag}: a MeZO ablation, not available with --zo_method {a.zo_method}")
-    if a.zo_method == "conservative" and a.weight_decay:
-        raise UsageError(f"--weight_decay {a.weight_decay}: --zo_method conservative is defined without weight decay")
-
-
-def validate_run_control(a):
-    """Step counts, checkpoints and the MeZO skip limit (src/mezo/checkpoint.py, src/mezo/trainer.py)."""
-    check_ranges(a)
-    if a.resume_from_checkpoint and not a.do_train:
-        raise UsageError(f"--resume_from_checkpoint {a.resume_from_checkpoint}: needs --do_train")
 
 
 def usable_positions(config):
@@ -277,10 +188,6 @@ def resolve_resume(model_args, data_args, training_args, adapter_args):
     if path is not None:
         checkpoint.check_compatible(path, model_args, data_args, training_args, adapter_args)
     return path
-
-
-# Ablation flags of the reference that this version parses but does not implement yet.
-NOT_YET = ()
 
 
 def setup(argv):

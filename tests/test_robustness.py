@@ -129,7 +129,7 @@ BAD = [
     ("max_grad_norm-nan", ["--max_grad_norm", "nan"], "--max_grad_norm nan"),
     ("num_k", ["--num_k", "0"], "--num_k 0: must be an integer >= 1"),
     ("first_sent_limit", ["--first_sent_limit", "0"], "--first_sent_limit 0: must be an integer >= 1"),
-    ("warmup-negative", ["--warmup_steps", "-2"], "warmup_steps = -2.0"),  # TrainingArguments' own check
+    ("warmup-negative", ["--warmup_steps", "-2"], "--warmup_steps -2.0: must be a number >= 0"),
     ("label_smoothing", ["--label_smoothing_factor", "1"], "--label_smoothing_factor 1.0"),
     ("workers", ["--dataloader_num_workers", "-1"], "--dataloader_num_workers -1"),
     # against the model's config, before its weights

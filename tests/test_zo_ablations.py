@@ -388,9 +388,8 @@ BAD = [
 @pytest.mark.parametrize("extra,needle", BAD, ids=[b[1] for b in BAD])
 def test_bad_flag_combinations(repo_root, monkeypatch, extra, needle):
     monkeypatch.chdir(repo_root)
-    m, d, a, ad = parse_args(BASE + extra)
-    with pytest.raises(UsageError, match=needle.replace("-", r"\-")):
-        run.validate(m, d, a, ad, get_task("uci-sentiment"))
+    with pytest.raises(UsageError, match=needle.replace("-", r"\-")):   # parsing or the task checks
+        run.validate(*parse_args(BASE + extra), get_task("uci-sentiment"))
 
 
 def test_good_flag_combinations(repo_root, monkeypatch):

@@ -3,9 +3,13 @@ and defaults.
 
 Parsed by HfArgumentParser so that the original shell commands keep working: bools take an
 optional value, the last occurrence of a flag wins, `--max_seq_len` is an alias of
-`--max_seq_length`. Flags of the reference that this project does not implement are kept as
-fields so that old command lines parse, but setting one to a non-default value is an error
-(`check_unsupported`) instead of being silently ignored.
+`--max_seq_length`. As in the Hugging Face examples, each dataclass validates its own flags in
+`__post_init__` (ranges from src/mezo/ranges.py, then combinations) and derives what follows from
+them, so a bad command line fails while parsing, before anything loads; run.py checks only what
+needs the task, the file system or the model's config. Run-defining flags carry RUN_DEFINING in
+their field metadata (the resume fingerprint). Flags of the reference that this project does not
+implement are kept as fields so that old command lines parse, but setting one to a non-default
+value is an error (`check_unsupported`) instead of being silently ignored.
 """
 import dataclasses
 import json
@@ -18,7 +22,9 @@ from typing import Optional
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
+from . import ranges
 from .errors import UsageError
+from .zo_ablations import SAMPLE_SCHEDULERS, VARIANTS
 from .zo_methods import METHODS as ZO_METHODS
 
 
@@ -60,6 +66,11 @@ class ModelArguments:
         """Prompt-based (an MLM head at the mask) rather than a classification head."""
         return "prompt" in self.few_shot_type
 
+    def __post_init__(self):
+        ranges.check(self)
+        if self.few_shot_type not in ("finetune", "prompt", "prompt-demo"):
+            raise UsageError(f"--few_shot_type {self.few_shot_type!r}: expected finetune, prompt or prompt-demo")
+
 
 @dataclass
 class DataArguments:
@@ -100,6 +111,7 @@ class DataArguments:
 
     def __post_init__(self):
         self.task_name = self.task_name.lower()   # as the original: SST-2 -> sst-2
+        ranges.check(self)
 
 
 @dataclass
@@ -118,6 +130,7 @@ class AdapterArguments:
     head_tuning: bool = _f(False, "train only the MLM head", run=True)
 
     def __post_init__(self):
+        ranges.check(self)
         if self.apply_lora and (not self.lora_r or not self.lora_alpha):
             raise UsageError("--apply_lora: needs --lora_r and --lora_alpha (the scripts use 8 and 16)")
         if self.prefix_init_by_real_act and not self.no_reparam:
@@ -290,7 +303,82 @@ class MezoTrainingArguments(TrainingArguments):
             # (fp32 master weights) instead of stopping with "doesn't support bf16/gpu", accelerate
             # sets up multi-process CPU (gloo), and no pin_memory is asked for (nothing to pin to).
             self.use_cpu = True
+        ranges.check(self)
+        check_run_control(self)
+        check_ablations(self)
+        check_zo_method(self)
         super().__post_init__()
+
+
+# ----- flag combinations of the training group (MezoTrainingArguments.__post_init__) -----------------
+def check_run_control(a) -> None:
+    """Steps, evaluation, checkpoints, trainer choice."""
+    if a.resume_from_checkpoint and not a.do_train:
+        raise UsageError(f"--resume_from_checkpoint {a.resume_from_checkpoint}: needs --do_train")
+    if a.do_train and a.evaluate_during_training and not a.eval_steps:
+        raise UsageError("--eval_steps: required with --evaluate_during_training")
+    if a.trainer not in ("standard", "linearhead"):
+        raise UsageError(f"--trainer {a.trainer!r}: expected standard or linearhead (the kernel trainer is not implemented)")
+    direct_ablation = (a.zero_order_optim and not a.zero_order_use_trainer_optim
+                       and (a.zo_variant or a.layer_wise_optim))
+    if a.gradient_accumulation_steps != 1 and direct_ablation:
+        raise UsageError(f"--gradient_accumulation_steps {a.gradient_accumulation_steps}: not with --zo_variant or "
+                         "--layer_wise_optim on the direct MeZO update (add --zero_order_use_trainer_optim)")
+
+
+def check_ablations(a) -> None:
+    """MeZO ablation, momentum and linear-probing flag combinations (ranges: src/mezo/ranges.py)."""
+    def is_set(flag):
+        return getattr(a, flag) not in (False, None, 0)
+    zo_only = ("zero_order_use_trainer_optim", "zo_variant", "zo_by_layer", "optimize_acc", "layer_wise_optim",
+               "max_zo_forward_steps", "zero_order_sample_scheduler", "zero_order_clip_grad", "scale_lr_with_samples")
+    if not a.zero_order_optim:
+        for flag in zo_only:
+            if is_set(flag):
+                raise UsageError(f"--{flag}: needs --zero_order_optim (it is a MeZO ablation)")
+    if a.zero_order_sample > 1 and not (a.zero_order_optim and a.zero_order_use_trainer_optim):
+        raise UsageError(f"--zero_order_sample {a.zero_order_sample}: n > 1 needs --zero_order_optim "
+                         "--zero_order_use_trainer_optim (n-SPSA writes its estimate into .grad)")
+    if a.zero_order_sample_scheduler not in SAMPLE_SCHEDULERS:
+        raise UsageError(f"--zero_order_sample_scheduler {a.zero_order_sample_scheduler!r}: expected constant or linear")
+    if a.zero_order_optim and not a.zero_order_use_trainer_optim:
+        for flag in ("zero_order_sample_scheduler", "zero_order_clip_grad", "zo_by_layer"):
+            if is_set(flag):
+                raise UsageError(f"--{flag}: needs --zero_order_use_trainer_optim (the direct MeZO update "
+                                 "takes one SPSA pair over all parameters per step)")
+        if a.momentum:
+            raise UsageError(f"--momentum {a.momentum}: the direct MeZO update has no momentum; add "
+                             "--zero_order_use_trainer_optim --optimizer sgd for ZO-SGD with momentum")
+    if a.zo_variant not in VARIANTS:
+        raise UsageError(f"--zo_variant {a.zo_variant!r}: expected grad_norm or param_norm")
+    if a.use_zo_grad_est and a.zo_variant != "grad_norm":
+        raise UsageError("--use_zo_grad_est: needs --zo_variant grad_norm")
+    for flag in ("recompute_norms", "scale_norm_by_num_params", "change_grad_estimate", "zo_variant_corrected"):
+        if is_set(flag) and not a.zo_variant:
+            raise UsageError(f"--{flag}: needs --zo_variant grad_norm or param_norm")
+    if a.norm_running_update and not (a.zo_by_layer and a.zo_variant == "grad_norm"):
+        raise UsageError("--norm_running_update: needs --zo_by_layer and --zo_variant grad_norm")
+    if a.momentum and a.optimizer != "sgd":
+        raise UsageError(f"--momentum {a.momentum}: needs --optimizer sgd (AdamW has its own betas)")
+    probing = a.trainer == "linearhead" or a.from_linearhead
+    for flag in ("prob_as_feature", "lp_early_stopping"):
+        if is_set(flag) and not probing:
+            raise UsageError(f"--{flag}: needs --trainer linearhead or --from_linearhead")
+
+
+def check_zo_method(a) -> None:
+    """--zo_method other than mezo: a direct-path method over a fixed parameter list (src/mezo/zo_methods.py)."""
+    if a.fzoo_batched and a.zo_method != "fzoo":
+        raise UsageError(f"--fzoo_batched: batches FZOO's perturbed losses; needs --zo_method fzoo, not {a.zo_method}")
+    if a.zo_method == "mezo":
+        return
+    if not a.zero_order_optim or a.zero_order_use_trainer_optim:
+        raise UsageError(f"--zo_method {a.zo_method}: needs --zero_order_optim without --zero_order_use_trainer_optim")
+    for flag in ("zo_variant", "layer_wise_optim", "zo_cache_z"):
+        if getattr(a, flag):
+            raise UsageError(f"--{flag}: a MeZO ablation, not available with --zo_method {a.zo_method}")
+    if a.zo_method == "conservative" and a.weight_decay:
+        raise UsageError(f"--weight_decay {a.weight_decay}: --zo_method conservative is defined without weight decay")
 
 
 # Fields whose non-default value this project refuses (name -> why).

@@ -1,8 +1,8 @@
 """The allowed range of every numeric flag: one table, checked before anything is loaded, shown in --help.
 
-`RANGES` maps a field of the three argument groups (src/mezo/arguments.py) to (test, wording). The
+`RANGES` maps a field of the four argument groups (src/mezo/arguments.py) to (test, wording). The
 wording is appended to the flag's --help text (`annotate`) and quoted in the one-line error, so
-the help and the check cannot disagree. `NO_RANGE` lists, with the reason, the fields of the
+the help and the check cannot disagree; each dataclass's `__post_init__` calls `check`. `NO_RANGE` lists, with the reason, the fields of the
 project's own groups that need no numeric range (switches, choices checked elsewhere, paths
 checked by run.check_paths, flags refused by check_unsupported); tests/test_fuzz.py asserts that
 every field is in exactly one of the two. Inherited TrainingArguments fields outside RANGES are
@@ -10,6 +10,8 @@ left to TrainingArguments' own checks. Model-dependent limits (sequence length a
 model's position table) are checked in run.check_model, after the config and before the weights.
 """
 import math
+
+from .errors import UsageError
 
 SEED_MAX = 2**32 - 1  # numpy's RandomState (the MeZO seed stream, set_seed) takes 0 <= seed < 2**32
 
@@ -90,7 +92,7 @@ NO_RANGE = {
     "paths (run.check_paths / the loaders)": (
         "model_name_or_path", "config_name", "tokenizer_name", "cache_dir", "data_dir", "log_file",
         "save_logit_dir", "demo_filter_model"),
-    "choices or syntax checked in run.validate / src/mezo/templates.py": (
+    "choices or syntax checked in __post_init__, run.validate or src/mezo/templates.py": (
         "few_shot_type", "task_name", "template", "mapping", "optimizer", "trainer",
         "zero_order_sample_scheduler", "zo_variant", "lr_scheduler_type", "zo_method", "hizoo_form"),
     "switches": (
@@ -125,6 +127,14 @@ def bad_field(*groups):
             if hasattr(g, name) and not ok(getattr(g, name)):
                 return f"--{name}", getattr(g, name), wording
     return None
+
+
+def check(group) -> None:
+    """Refuse the first field of one argument group outside its range (called by its __post_init__)."""
+    bad = bad_field(group)
+    if bad:
+        flag, value, wording = bad
+        raise UsageError(f"{flag} {value}: must be {wording}")
 
 
 def annotate(parser) -> None:
