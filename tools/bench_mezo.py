@@ -4,6 +4,7 @@
     python tools/bench_mezo.py --shape base --reps 5
     python tools/bench_mezo.py --device cuda --dtype bf16
     python tools/bench_mezo.py --quick               # tiny model, batch 4 x 16, 2 reps (CI smoke test)
+    python tools/bench_mezo.py --methods all         # also every --zo_method (or e.g. --methods mezo,fzoo)
 
 The model is a randomly initialised RobertaForMaskedLM of the chosen shape (nothing is
 downloaded) wrapped as the project's prompt-based classifier (src/mezo/models.py: loss = cross-entropy
@@ -23,11 +24,21 @@ the machine hits every variant alike):
 then (tools/bench_paths.py) the project's Adam FT step and its evaluation against bare PyTorch loops
 on the same model and batch shape, and the start-up of a real run.py process (`startup_s`), and
 the peak memory of a forward and of a default (and a cached) step, each in a fresh child
+process (see below).
+
+With --methods, each zeroth-order method of --zo_method (mezo.zo_methods.build_method on all the
+trainable parameters, the methods' default hyper-parameters: FZOO N=8, LOZO rank 4 / nu 50, ...)
+joins the interleaved timings, and its peak memory over two steps is measured in its own child
+process. Its step_over_2fwd is the step's time over two of its own forwards (its forward time
+divided by the number of forwards it made), so a method with more forwards (conservative 5,
+HiZOO 3, FZOO N+1) shows them as a larger figure; step_over_own_fwds is the step over all its
+forwards (the overhead beyond them). The memory of each operation is measured in a fresh child
 process: on CPU the peak RSS (VmHWM, reset after the model is built) minus the RSS before the
 model was built (so the interpreter and libraries do not count); on CUDA
 torch.cuda.max_memory_allocated. The last printed line is one JSON object whose keys include
 step_over_2fwd_default, step_over_2fwd_cache, step_over_2fwd_reference, mem_over_inference,
-bf16_fwd_speedup, step_over_2fwd_bf16, ft_step_over_bare, eval_over_bare and startup_s.
+bf16_fwd_speedup, step_over_2fwd_bf16, ft_step_over_bare, eval_over_bare and startup_s, and with
+--methods a key "methods": {name: {step_over_2fwd, mem_over_inference, forwards_per_step, ...}}.
 """
 import argparse
 import json
@@ -77,14 +88,36 @@ def parse_args(argv=None):
     ap.add_argument("--eval_batches", type=int, default=16, help="batches per timed evaluation")
     ap.add_argument("--ft_steps", type=int, default=12,
                     help="FT steps per repetition (the first two are not timed; logging every 10)")
+    ap.add_argument("--methods", default=None,
+                    help="also time and measure these --zo_method methods: 'all' or a comma list (e.g. mezo,fzoo)")
     ap.add_argument("--quick", action="store_true", help="tiny shape, batch 4, length 16, 2 reps")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.methods = parse_methods(ap, args.methods)
     if args.quick:
         args.shape, args.batch, args.length, args.reps, args.ft_steps, args.eval_batches = "tiny", 4, 16, 2, 4, 4
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
+
+
+def parse_methods(ap, text):
+    """--methods: [] when not given, every method for 'all', else the listed ones (checked, in order)."""
+    if text is None:
+        return []
+    from mezo.zo_methods import METHODS
+    names = list(METHODS) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in METHODS]
+    if bad or not names:
+        ap.error(f"--methods: unknown method(s) {', '.join(bad) or repr(text)} "
+                 f"(use 'all' or a comma list of: {', '.join(METHODS)})")
+    return list(dict.fromkeys(names))
+
+
+def build_method(name, params):
+    """One --zo_method on the trainable parameters, with the method's default hyper-parameters."""
+    from mezo.zo_methods import build_method as build
+    return build(name, params, eps=EPS)
 
 
 # ---------------------------------------------------------------------------- model and batch
@@ -208,8 +241,11 @@ def child_memory(args, what):
     else:
         resettable = _reset_peak_rss()
         after_build = _status_kb("VmRSS") if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    method = build_method(what.split(":", 1)[1], params) if what.startswith("method:") else None
     for s in range(2):   # the second call sees steady-state buffers (thread pool, caches)
-        if what == "fwd":
+        if method is not None:
+            method.step(loss_fn, s, LR)
+        elif what == "fwd":
             loss_fn()
         elif what == "reference":
             reference_step(params, loss_fn, s)
@@ -238,6 +274,30 @@ def measure_memory(args, what):
     return r
 
 
+def method_figures(name, times, per_fwd, own, n_fwd, mem, state_numel, two_fwd_s):
+    """One method's figures: medians over the repetitions, memory over the forward's (rounded)."""
+    k = "method:" + name
+    out = dict(step_over_2fwd=statistics.median(per_fwd[k]), step_over_own_fwds=statistics.median(own[k]),
+               step_over_2fwd_vs_standalone=statistics.median(times[k]) / two_fwd_s,
+               forwards_per_step=int(statistics.median(n_fwd[k])), step_s=statistics.median(times[k]),
+               state_numel=state_numel)
+    if k in mem:
+        out["mem_over_inference"] = mem[k]["footprint"] / mem["fwd"]["footprint"]
+        out["mem_footprint_mb"] = mem[k]["footprint"] / 2 ** 20
+    return {key: (round(v, 6) if isinstance(v, float) else v) for key, v in out.items()}
+
+
+def print_methods(figs):
+    print()
+    print(f"{'--zo_method':<16}{'forwards':>9}{'median s':>10}{'step / 2 fwd':>14}{'/ own fwds':>12}"
+          f"{'state (M numbers)':>19}{'memory / inference':>20}")
+    for name, f in figs.items():
+        mem = f"{f['mem_over_inference']:.3f}" if "mem_over_inference" in f else "-"
+        print(f"{name:<16}{f['forwards_per_step']:>9}{f['step_s']:>10.3f}{f['step_over_2fwd']:>14.3f}"
+              f"{f['step_over_own_fwds']:>12.3f}{f['state_numel'] / 1e6:>19.1f}{mem:>20}")
+    print("(step / 2 fwd: the step's time over two of its own forwards; / own fwds: over all its forwards)")
+
+
 def timed(fn, device):
     """(wall seconds, process CPU seconds): the CPU time stays meaningful on a busy machine."""
     _sync(device)
@@ -264,7 +324,7 @@ def main(argv=None):
           f"noise workers {eng._n_workers()}", flush=True)
 
     seeds = iter(range(10 ** 6))
-    inner = [0.0, 0.0]   # wall and CPU seconds spent inside the forwards of the current call
+    inner = [0.0, 0.0, 0]   # wall and CPU seconds spent inside the forwards of the current call, and their number
 
     def zo_loss():
         _sync(args.device)
@@ -273,6 +333,7 @@ def main(argv=None):
         _sync(args.device)
         inner[0] += time.perf_counter() - t0
         inner[1] += time.process_time() - c0
+        inner[2] += 1
         return out
 
     def zo_loss_bf16():   # --bf16: autocast forwards over the fp32 weights (the Trainer's mixed precision)
@@ -288,12 +349,16 @@ def main(argv=None):
     if args.dtype == "fp32" and not args.no_bf16:
         variants["fwd_bf16"] = lambda: zo_loss_bf16()
         variants["default_bf16"] = lambda: zo.mezo_step(params, zo_loss_bf16, eng, next(seeds), eps=EPS, lr=LR)
+    methods = {name: build_method(name, params) for name in args.methods}
+    for name, m in methods.items():
+        variants["method:" + name] = lambda m=m: m.step(zo_loss, next(seeds), LR)
     times, cpu = {k: [] for k in variants}, {k: [] for k in variants}
     own, own_cpu = {k: [] for k in variants}, {k: [] for k in variants}   # step / its own 2 fwd
+    per_fwd, n_fwd = {k: [] for k in variants}, {k: [] for k in variants}   # step / 2 of its own fwd; fwd count
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     for rep in range(-args.warmup, args.reps):
         for name, fn in variants.items():
-            inner[:] = [0.0, 0.0]
+            inner[:] = [0.0, 0.0, 0]
             dt, dc = timed(fn, args.device)
             if name == "cache" and rep == args.reps - 1:
                 cached.release_cache()
@@ -302,8 +367,14 @@ def main(argv=None):
                 cpu[name].append(dc)
                 own[name].append(dt / max(inner[0], 1e-9))
                 own_cpu[name].append(dc / max(inner[1], 1e-9))
+                per_fwd[name].append(dt / max(2 * inner[0] / max(inner[2], 1), 1e-9))
+                n_fwd[name].append(inner[2])
         print(f"  {'warm-up' if rep < 0 else 'rep ' + str(rep)}: " + ", ".join(
             f"{k} {v[-1]:.3f}s" for k, v in times.items() if v), flush=True)
+    state_numel = {name: m.state_numel() for name, m in methods.items()}
+    del fn               # free the methods' state (Adam moments, momentum, Sigma) before the memory children
+    methods.clear()
+    variants.clear()
     med = {k: statistics.median(v) for k, v in times.items()}
     cmed = {k: statistics.median(v) for k, v in cpu.items()}
     omed = {k: statistics.median(v) for k, v in own.items()}
@@ -324,6 +395,8 @@ def main(argv=None):
     if not args.no_memory:
         for what in ("fwd", "default") + (() if args.quick else ("cache",)):
             mem[what] = measure_memory(args, what)
+        for name in args.methods:
+            mem["method:" + name] = measure_memory(args, "method:" + name)
 
     two = 2 * med["fwd"]
     steps = ("default", "cache", "reference")
@@ -342,11 +415,16 @@ def main(argv=None):
         if "cache" in mem:
             res["mem_over_inference_cache"] = mem["cache"]["footprint"] / mem["fwd"]["footprint"]
     res.update(paths)
-    res.update({f"{k}_s": v for k, v in med.items()})
-    res.update({f"{k}_all_s": [round(x, 4) for x in v] for k, v in times.items()})
+    if args.methods:
+        res["methods"] = {name: method_figures(name, times, per_fwd, own, n_fwd, mem, state_numel[name], two)
+                          for name in args.methods}
+    res.update({f"{k}_s": v for k, v in med.items() if not k.startswith("method:")})
+    res.update({f"{k}_all_s": [round(x, 4) for x in v] for k, v in times.items() if not k.startswith("method:")})
     if args.device == "cpu":
-        res.update({f"{k}_cpu_s": v for k, v in cmed.items()})
+        res.update({f"{k}_cpu_s": v for k, v in cmed.items() if not k.startswith("method:")})
     for k, m in mem.items():
+        if k.startswith("method:"):
+            continue
         res[f"mem_{k}_footprint_mb"] = m["footprint"] / 2 ** 20
         res[f"mem_{k}_growth_mb"] = m["growth"] / 2 ** 20
     res.update(shape=args.shape, batch=args.batch, length=args.length, dtype=args.dtype,
@@ -387,6 +465,8 @@ def main(argv=None):
                 continue
             print(f"{label:<34}{mem[k]['footprint'] / 2 ** 20:>10.0f}"
                   f"{mem[k]['footprint'] / mem['fwd']['footprint']:>10.3f}{mem[k]['growth'] / 2 ** 20:>18.0f}")
+    if args.methods:
+        print_methods(res["methods"])
     print(json.dumps({k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v)
                       for k, v in res.items()}))
 
