@@ -511,6 +511,11 @@ class LOZO(ZOMethod):
                         mom.copy_(g * u)
                 else:
                     mom.mul_(b).add_(u, alpha=(1.0 - b) * g)
+                if p.is_contiguous():   # p -= lr (M Vᵀ + w p) without materialising M Vᵀ (m x n)
+                    if w:
+                        p.add_(p, alpha=-lr * w)
+                    p.view(p.shape[0], -1).addmm_(mom, v.t(), alpha=-lr)
+                    continue
                 step = (mom @ v.t()).reshape(p.shape)
             else:
                 z = nz.z(p, i, seed)
