@@ -51,12 +51,16 @@ class ParamNoise:
         """The z of ``seed`` for every parameter (new tensors): the definition the passes apply."""
         return [self.z(p, i, seed) for i, p in enumerate(params)]
 
+    def add_scaled_z_(self, p: torch.Tensor, i: int, seed: int, s: float) -> None:
+        """p += s z (a subclass may do it without materialising z)."""
+        p.add_(self.z(p, i, seed), alpha=s)
+
     @torch.no_grad()
     def add_(self, params, seed: int, scales) -> None:
         params = list(params)
         for i, (p, s) in enumerate(zip(params, per_param(scales, len(params)))):
             if s != 0.0:
-                p.add_(self.z(p, i, seed), alpha=s)
+                self.add_scaled_z_(p, i, seed, s)
 
     @torch.no_grad()
     def decay_add_(self, params, seed: int, decays, scales) -> None:
@@ -66,7 +70,7 @@ class ParamNoise:
             if d != 0.0:
                 p.add_(p, alpha=d)
             if s != 0.0:
-                p.add_(self.z(p, i, seed), alpha=s)
+                self.add_scaled_z_(p, i, seed, s)
 
     @torch.no_grad()
     def add_to_grad_(self, params, seed: int, scales) -> None:
@@ -161,29 +165,12 @@ class LowRankNoise(ParamNoise):
             return self._gauss.z(p, i, seed)
         return (self.u_of(p, i, seed) @ self.v_of(p, i).t()).reshape(p.shape)
 
-    def _add_scaled_z(self, p, i, seed, s) -> None:
+    def add_scaled_z_(self, p, i, seed, s) -> None:
         """p += s U Vᵀ in one `addmm_`, never materialising the m x n direction (LOZO's memory)."""
         if self.is_matrix(p) and p.is_contiguous():
             p.view(p.shape[0], -1).addmm_(self.u_of(p, i, seed), self.v_of(p, i).t(), alpha=s)
         else:
-            p.add_(self.z(p, i, seed), alpha=s)
-
-    @torch.no_grad()
-    def add_(self, params, seed: int, scales) -> None:
-        params = list(params)
-        for i, (p, s) in enumerate(zip(params, per_param(scales, len(params)))):
-            if s != 0.0:
-                self._add_scaled_z(p, i, seed, s)
-
-    @torch.no_grad()
-    def decay_add_(self, params, seed: int, decays, scales) -> None:
-        params = list(params)
-        n = len(params)
-        for i, (p, d, s) in enumerate(zip(params, per_param(decays, n), per_param(scales, n))):
-            if d != 0.0:
-                p.add_(p, alpha=d)
-            if s != 0.0:
-                self._add_scaled_z(p, i, seed, s)
+            super().add_scaled_z_(p, i, seed, s)
 
     def state_numel(self) -> int:
         return sum(v.numel() for v in self._v.values())
