@@ -121,7 +121,7 @@ def test_trainer_falls_back_when_memory_is_short(tmp_path, tiny_roberta_dir, cap
     monkeypatch.setattr(fzoo_batched, "free_memory", lambda device: 2 * 2**20)
     with caplog.at_level(logging.WARNING, logger="mezo.fzoo_batched"):
         t, params = _train(tmp_path / "b", models[1], max_steps=2, fzoo_batched=True)
-    assert t.zo_run.batched is None
+    assert t.zo_run.batched is None and t.train_summary()["fzoo_batched_ran"] is False
     assert any("--fzoo_batched" in r.message and "exceed half the free memory" in r.message for r in caplog.records)
     assert all(torch.equal(a, b) for a, b in zip(params, ref_params))
 
@@ -227,7 +227,7 @@ def test_run_py_head_tuning_batched(tmp_path, monkeypatch):
     assert run.main(argv) == 0
     assert len(calls) == 2     # one batched forward per step
     rec = json.loads((tmp_path / "log").read_text().splitlines()[0])
-    assert rec["fzoo_batched"] is True and rec["global_step"] == 2
+    assert rec["fzoo_batched"] is True and rec["fzoo_batched_ran"] is True and rec["global_step"] == 2
     assert rec["zo_forward_steps"] == 2 * (3 + 1)
 
 

@@ -268,4 +268,7 @@ class MezoTrainer(hf_private.CheckpointSeams):
                                     if "loss" in h and "step" in h and math.isfinite(h["loss"])]}
         if self.zo_run is not None:
             out.update(zo_skipped_steps=self.zo_run.skipped, zo_forward_steps=self.zo_run.forwards)
+        if self.args.fzoo_batched:   # whether every step's N losses came from the batched forward
+            b = self.zo_run.batched
+            out["fzoo_batched_ran"] = b is not None and b.worked and b.disabled is None
         return out
