@@ -275,6 +275,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside training (or without checkpoints): no record
         print("error: interrupted (SIGINT); no record written", file=sys.stderr)
         return 128 + 2
+    finally:
+        from mezo import distributed
+        distributed.shutdown()   # several processes: leave the process group before exiting
 
 
 def run(argv=None) -> int:

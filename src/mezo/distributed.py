@@ -11,6 +11,13 @@ import torch.distributed as dist
 from .errors import RanksDiverged
 
 
+def shutdown() -> None:
+    """Tear the process group down before the interpreter exits: left to static destructors, gloo's
+    threads can abort a finished rank ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
