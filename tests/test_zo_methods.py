@@ -67,6 +67,20 @@ def spsa(L, theta, z, eps=EPS):
     return (lp - lm) / (2 * eps)
 
 
+def torch_optimizer_fed_g_z(L, theta, noise, make_optimizer):
+    """The reference for ZO-Bench's momentum and Adam: a torch optimizer stepped with .grad = g z,
+    g the SPSA projected gradient along z of each step's seed."""
+    ref = [t.clone().requires_grad_(False) for t in theta]
+    opt = make_optimizer(ref)
+    for s in seeds():
+        z = noise.draw_z(ref, s)
+        g = spsa(L, ref, z)
+        for r, zi in zip(ref, z):
+            r.grad = g * zi
+        opt.step()
+    return ref
+
+
 # ----------------------------------------------------------------------------- ZO-Bench family
 def test_mezo_method_is_the_mezo_update():
     _, params, loss_fn, L, theta = setup()
@@ -133,15 +147,8 @@ def test_momentum_equals_torch_sgd_fed_g_z():
     _, params, loss_fn, L, theta = setup()
     method = zm.build_method("momentum", params, eps=EPS, weight_decay=0.01, momentum=0.9)
     run(method, loss_fn, [0.05] * STEPS)
-    ref = [t.clone().requires_grad_(False) for t in theta]
-    opt = torch.optim.SGD(ref, lr=0.05, momentum=0.9, weight_decay=0.01)
-    fast = FastNoise()
-    for s in seeds():
-        z = fast.draw_z(ref, s)
-        g = spsa(L, ref, z)
-        for r, zi in zip(ref, z):
-            r.grad = g * zi
-        opt.step()
+    ref = torch_optimizer_fed_g_z(L, theta, FastNoise(),
+                                  lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=0.01))
     close(params, ref)
     # memory: one buffer per parameter, nothing else
     assert method.state_numel() == sum(p.numel() for p in params)
@@ -152,15 +159,7 @@ def test_adam_equals_torch_adam_fed_g_z():
     _, params, loss_fn, L, theta = setup()
     method = zm.build_method("adam", params, eps=EPS)
     run(method, loss_fn, [1e-2] * STEPS)
-    ref = [t.clone() for t in theta]
-    opt = torch.optim.Adam(ref, lr=1e-2)
-    noise = GaussianParamNoise()
-    for s in seeds():
-        z = noise.draw_z(ref, s)
-        g = spsa(L, ref, z)
-        for r, zi in zip(ref, z):
-            r.grad = g * zi
-        opt.step()
+    ref = torch_optimizer_fed_g_z(L, theta, GaussianParamNoise(), lambda ps: torch.optim.Adam(ps, lr=1e-2))
     close(params, ref)
     assert method.state_numel() == 2 * sum(p.numel() for p in params)
     assert method.k == STEPS

@@ -42,7 +42,9 @@ import zipfile
 import torch
 
 from . import hf_private
+from .arguments import run_defining
 from .errors import UsageError
+from .results import json_safe
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +151,6 @@ def resolve(value, output_dir: str):
 
 def args_fingerprint(*groups) -> dict:
     """The run-defining arguments (field metadata, src/mezo/arguments.py), as JSON values."""
-    from .arguments import run_defining
-    from .results import json_safe
     return json.loads(json.dumps({name: json_safe(v) for name, v in run_defining(*groups).items()}))
 
 
