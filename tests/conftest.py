@@ -14,7 +14,7 @@ def repo_root():
 
 @pytest.fixture(scope="session")
 def splade_dir():
-    from mezo.embedded import embedded_model_dir
+    from mezo.models.embedded import embedded_model_dir
     return embedded_model_dir()
 
 

@@ -5,13 +5,13 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-import run
+from mezo.cli import run
 import tiny
 
-from mezo.arguments import MezoTrainingArguments
-from mezo.data import Collator
-from mezo.models import PromptMLM
-from mezo.trainer import MezoTrainer
+from mezo.config.arguments import MezoTrainingArguments
+from mezo.data.datasets import Collator
+from mezo.models.prompt_mlm import PromptMLM
+from mezo.training.trainer import MezoTrainer
 
 pytestmark = pytest.mark.skipif(torch.accelerator.is_available(), reason="checks the CPU-only path")
 

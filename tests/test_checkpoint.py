@@ -15,8 +15,9 @@ import pytest
 import tiny
 import torch
 
-import run
-from mezo import checkpoint, zo_run
+from mezo.cli import run
+from mezo.training import checkpoint
+from mezo.training import zo_run
 
 # Record fields that may differ between an uninterrupted and a killed-and-resumed run.
 
@@ -24,10 +25,11 @@ from mezo import checkpoint, zo_run
 # outside kill lands mid-training, or kills itself with SIGKILL at a chosen point of a checkpoint write.
 DRIVER = r"""
 import os, signal, sys, time
-import run
-from mezo import checkpoint, zo_run
-from mezo.callbacks import DataOrder
-from mezo.trainer import MezoTrainer
+from mezo.cli import run
+from mezo.training import checkpoint
+from mezo.training import zo_run
+from mezo.training.callbacks import DataOrder
+from mezo.training.trainer import MezoTrainer
 mode = os.environ.get("KILL_MODE", "")
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
@@ -228,7 +230,7 @@ def test_run_defining_flags_come_from_field_metadata(tmp_path):
     """The resume fingerprint is every field marked RUN_DEFINING (plus the stock fields named in
     STOCK_RUN_DEFINING): a changed marked flag is refused by name, an unmarked one is not."""
     import dataclasses
-    from mezo import arguments
+    from mezo.config import arguments
     base = ["--model_name_or_path", "splade-tiny", "--task_name", "uci-sentiment", "--data_dir", "d",
             "--output_dir", str(tmp_path / "o")]
     groups = arguments.parse_args(base)

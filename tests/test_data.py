@@ -1,6 +1,6 @@
 """Few-shot datasets, demonstrations, collation and logit averaging (spec §3.4-3.6).
 
-Tasks are small stand-ins with the mezo.tasks.Task API so these tests do not read files.
+Tasks are small stand-ins with the mezo.data.tasks.Task API so these tests do not read files.
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mezo.data import Collator, average_over_samples, build_dataset, example_sentences
+from mezo.data.datasets import Collator, average_over_samples, build_dataset, example_sentences
 from mezo.errors import UsageError
-from mezo.templates import auto_demo_template, label_word_ids, render
+from mezo.data.templates import auto_demo_template, label_word_ids, render
 
 SENT = "*cls**sent_0*_It_was*mask*.*sep+*"
 NLI = "*cls**sent-_0*?*mask*,*+sentl_1**sep+*"

@@ -12,14 +12,15 @@ from transformers import AutoModelForMaskedLM
 
 import tiny
 
-import run
-from mezo import data, zo
-from mezo.arguments import MezoTrainingArguments, parse_args
-from mezo.data import Collator
-from mezo.models import PromptMLM
-from mezo.tasks import get_task
-from mezo.callbacks import BestDevCallback
-from mezo.trainer import MezoTrainer
+from mezo.cli import run
+from mezo.data import datasets as data
+from mezo.zo import step as zo
+from mezo.config.arguments import MezoTrainingArguments, parse_args
+from mezo.data.datasets import Collator
+from mezo.models.prompt_mlm import PromptMLM
+from mezo.data.tasks import get_task
+from mezo.training.callbacks import BestDevCallback
+from mezo.training.trainer import MezoTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -161,7 +162,7 @@ def test_weight_decay_groups_are_the_originals(tmp_path, tiny_roberta_dir):
 def test_original_adamw_against_the_rule_in_float64():
     """transformers-4 AdamW: eps added to sqrt(v) before the bias correction (folded into the step
     size); decoupled decay applied after the update. torch's AdamW gives other numbers."""
-    from mezo.optim import OriginalAdamW
+    from mezo.training.original_adamw import OriginalAdamW
     rng = np.random.RandomState(0)
     theta0 = rng.randn(5)
     grads = [rng.randn(5) * s for s in (1e-7, 1.0, 1e-3)]   # tiny gradients: where eps placement matters
@@ -186,7 +187,7 @@ def test_original_adamw_against_the_rule_in_float64():
 
 @pytest.mark.parametrize("torch_adamw", [False, True])
 def test_adam_choice(tmp_path, tiny_roberta_dir, torch_adamw):
-    from mezo.optim import OriginalAdamW
+    from mezo.training.original_adamw import OriginalAdamW
     opt = _trainer(tmp_path, _model(tiny_roberta_dir), torch_adamw=torch_adamw).create_optimizer()
     assert type(opt) is (torch.optim.AdamW if torch_adamw else OriginalAdamW)
 

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 import tiny
 
-import run
-from mezo.tasks import PANDAS_NA, get_task
+from mezo.cli import run
+from mezo.data.tasks import PANDAS_NA, get_task
 
 TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
 MAPPING = "{0:'terrible',1:'great'}"

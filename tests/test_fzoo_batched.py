@@ -8,15 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-import run
+from mezo.cli import run
 import tiny
-from mezo import fzoo_batched, zo_methods
-from mezo.arguments import MezoTrainingArguments
-from mezo.data import Collator
-from mezo.lora import inject_lora
-from mezo.models import PromptMLM
-from mezo.prefix import inject_prefix
-from mezo.trainer import MezoTrainer
+from mezo.training import fzoo_batched
+from mezo.zo import methods as zo_methods
+from mezo.config.arguments import MezoTrainingArguments
+from mezo.data.datasets import Collator
+from mezo.models.lora import inject_lora
+from mezo.models.prompt_mlm import PromptMLM
+from mezo.models.prefix import inject_prefix
+from mezo.training.trainer import MezoTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -119,7 +120,7 @@ def test_trainer_falls_back_when_memory_is_short(tmp_path, tiny_roberta_dir, cap
     assert sum(p.numel() for p in models[1].parameters()) == 50_090
     _, ref_params = _train(tmp_path / "ref", models[0], max_steps=2)
     monkeypatch.setattr(fzoo_batched, "free_memory", lambda device: 2 * 2**20)
-    with caplog.at_level(logging.WARNING, logger="mezo.fzoo_batched"):
+    with caplog.at_level(logging.WARNING, logger="mezo.training.fzoo_batched"):
         t, params = _train(tmp_path / "b", models[1], max_steps=2, fzoo_batched=True)
     assert t.zo_run.batched is None and t.train_summary()["fzoo_batched_ran"] is False
     assert any("--fzoo_batched" in r.message and "exceed half the free memory" in r.message for r in caplog.records)
@@ -152,7 +153,7 @@ def test_model_vmap_cannot_batch_falls_back(caplog):
         batcher = fzoo_batched.Batcher(model, [n for n, _ in model.named_parameters()])
         plain = lambda: model(x, y)  # noqa: E731
         loss_fn = batcher.wrap(plain, lambda m: m(x, y), 5) if batched else plain
-        with caplog.at_level(logging.WARNING, logger="mezo.fzoo_batched"):
+        with caplog.at_level(logging.WARNING, logger="mezo.training.fzoo_batched"):
             for s in (1, 2):
                 method.step(loss_fn, s, 1e-3)
         finals.append([p.detach().clone() for p in params])
@@ -192,7 +193,7 @@ def test_parameter_read_outside_the_modules_falls_back(caplog):
     assert unguarded != pytest.approx(sequential, rel=1e-9, abs=0)    # what the guard prevents
     batcher = fzoo_batched.Batcher(model, names)
     loss_fn = batcher.wrap(lambda: model(x, y), lambda m: m(x, y), 5)
-    with caplog.at_level(logging.WARNING, logger="mezo.fzoo_batched"):
+    with caplog.at_level(logging.WARNING, logger="mezo.training.fzoo_batched"):
         assert loss_fn.perturbed_losses(method.noise, params, seeds, EPS) is None
     assert "it reads scale outside its module attributes" in batcher.disabled
     assert "lin.weight" not in batcher.disabled
@@ -238,7 +239,7 @@ def test_public_code_rule_is_the_library_rule_with_lr_rescaled():
     import math
 
     import numpy as np
-    from mezo.zo_noise import RademacherNoise, sub_seed
+    from mezo.zo.noise import RademacherNoise, sub_seed
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
     x = torch.randn(11, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)

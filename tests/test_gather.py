@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from mezo import results
-from mezo import gather as gather_result
+from mezo.experiments import results
+from mezo.experiments import gather as gather_result
 
 NAN = float("nan")
 

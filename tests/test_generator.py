@@ -1,10 +1,9 @@
-"""tools/generate_k_shot_data.py: exact rows for small fake corpora, in every mode.
+"""mezo.data.kshot (tools/generate_k_shot_data.py): exact rows for small fake corpora, in every mode.
 
 Expected outputs are computed here on their own, with explicit legacy-NumPy calls
 (np.random.seed + np.random.shuffle on a copy) and grouping by hand, following spec §7.
 """
 import csv
-import importlib.util
 import io
 import os
 
@@ -13,19 +12,12 @@ import pandas as pd
 import pytest
 
 from mezo.errors import UsageError
-from mezo.tasks import get_task
+from mezo.data.tasks import get_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-gen = _load_tool("generate_k_shot_data")
+from mezo.data import kshot as gen
 
 K = 4
 SEEDS = [100, 13]  # a seed order other than sorted, as in the default list
@@ -388,7 +380,7 @@ SHARED = os.path.join(ROOT, "..", "shared", "data", "uci-sentiment")
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED, "yelp.json")), reason="shared/ fixtures absent")
 def test_committed_uci_original_matches_converter(tmp_path):
-    mk = _load_tool("make_uci_sentiment")
+    from mezo.data import uci_sentiment as mk
     assert mk.main([SHARED, "--out", str(tmp_path)]) == 0
     for name in ["train.csv", "test.csv"]:
         with open(os.path.join(ROOT, "data", "original", "uci-sentiment", name), "rb") as f:

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from mezo import results
-from tools import grid, report
+from mezo.experiments import results
+from mezo.experiments import grid, report
 
 
 def fake_record(env, args, test=0.8, dev=0.75):
@@ -234,7 +234,7 @@ def _cluster_argv(tmp_path, *extra):
 FAKE_RUN = """import os, sys, time
 sys.path.insert(0, {tests!r})
 from test_grid import fake_record
-from mezo import results
+from mezo.experiments import results
 time.sleep(1.0)  # long enough for the test to cancel the job first
 args = sys.argv[1:]
 results.append_record(args[args.index("--log_file") + 1], dict(fake_record(os.environ, args), argv=args))

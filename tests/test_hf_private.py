@@ -10,9 +10,9 @@ import re
 
 from transformers import Trainer
 
-from mezo import hf_private
+from mezo.training import hf_private
 
-PACKAGE = pathlib.Path(hf_private.__file__).parent
+PACKAGE = pathlib.Path(hf_private.__file__).parent.parent
 ROOT = PACKAGE.parent.parent
 
 
@@ -54,7 +54,7 @@ def test_only_the_adapter_overrides_private_trainer_methods():
     or run.py uses is declared there (and so checked above)."""
     declared = set(hf_private.OVERRIDDEN) | set(hf_private.CALLED) | set(hf_private.LOOP_COUNTERS)
     assert len(hf_private.OVERRIDDEN) <= 2
-    for path in [*PACKAGE.glob("*.py"), ROOT / "run.py", *(ROOT / "tools").glob("*.py")]:
+    for path in [*PACKAGE.rglob("*.py"), ROOT / "run.py", *(ROOT / "tools").glob("*.py")]:
         text = path.read_text()
         defined = {m for m in re.findall(r"^    def (_[a-z]\w*)\(", text, re.M) if hasattr(Trainer, m)}
         if path.name == "hf_private.py":

@@ -10,15 +10,15 @@ from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassificatio
 
 import tiny
 
-import run
-from mezo.arguments import MezoTrainingArguments
-from mezo.data import Collator
+from mezo.cli import run
+from mezo.config.arguments import MezoTrainingArguments
+from mezo.data.datasets import Collator
 from mezo.errors import UsageError
-from mezo.linearhead import (LP_CS, collect_features, fit_linear_head, fit_probe, multinomial_logistic_cv,
+from mezo.training.linearhead import (LP_CS, collect_features, fit_linear_head, fit_probe, multinomial_logistic_cv,
                             original_train_order)
-from mezo.models import PromptMLM
-from mezo.tasks import get_task
-from mezo.trainer import MezoTrainer
+from mezo.models.prompt_mlm import PromptMLM
+from mezo.data.tasks import get_task
+from mezo.training.trainer import MezoTrainer
 
 WORDS = [10, 20, 30]
 
@@ -228,7 +228,7 @@ def test_prompt_probe_writes_label_word_rows(tmp_path, tiny_roberta_dir, num_lab
 
 
 def test_fit_linear_head_reads_features_in_the_reference_loader_order(tmp_path, tiny_roberta_dir, monkeypatch):
-    import mezo.linearhead as lh
+    import mezo.training.linearhead as lh
 
     seen = {}
     real = lh.collect_features

@@ -8,10 +8,10 @@ import tiny
 import torch
 from transformers import AutoModelForMaskedLM
 
-from mezo.arguments import AdapterArguments
+from mezo.config.arguments import AdapterArguments
 from mezo.errors import UsageError
-from mezo.lora import inject_lora
-from mezo.models import PromptMLM, count_trainable, set_trainable
+from mezo.models.lora import inject_lora
+from mezo.models.prompt_mlm import PromptMLM, count_trainable, set_trainable
 
 WORDS = [5, 6]
 
@@ -48,7 +48,7 @@ def _lora_layers(model):
 
 def mezo_step(params, loss_fn, seed, eps=1e-3, lr=1e-2):
     """src/mezo/zo.py's step (the trainer's)."""
-    from mezo import zo
+    from mezo.zo import step as zo
     return zo.mezo_step(params, loss_fn, zo.default_noise(), seed, eps=eps, lr=lr)
 
 
@@ -200,7 +200,7 @@ def run_small(tmp_path, repo_root, *extra):
     """run.py on splade-tiny with MeZO for 4 steps; returns the record and the saved trainable weights."""
     import json
 
-    import run
+    from mezo.cli import run
     out, log = tmp_path / "out", tmp_path / "log"
     argv = ["--model_name_or_path", "splade-tiny", "--task_name", "uci-sentiment",
             "--data_dir", _small_data(tmp_path, repo_root), "--few_shot_type", "prompt",

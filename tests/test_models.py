@@ -3,9 +3,9 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from mezo.arguments import AdapterArguments
+from mezo.config.arguments import AdapterArguments
 from mezo.errors import UsageError
-from mezo.models import PromptMLM, count_trainable, set_trainable
+from mezo.models.prompt_mlm import PromptMLM, count_trainable, set_trainable
 
 
 def _args(**kw):
@@ -72,7 +72,7 @@ def test_unknown_head_is_a_usage_error():
 
 def test_unreachable_hub_name_fails_with_one_line(monkeypatch):
     from mezo.errors import ModelSourceError
-    from mezo.models import load_tokenizer
+    from mezo.models.prompt_mlm import load_tokenizer
     import huggingface_hub.constants
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail fast, no retries
     with pytest.raises(ModelSourceError) as e:
@@ -83,7 +83,7 @@ def test_unreachable_hub_name_fails_with_one_line(monkeypatch):
 
 def test_demonstrations_get_enough_token_type_rows(tiny_bert_dir, tiny_roberta_dir):
     """prompt-demo on BERT: segments 2, 3, ... need rows; pretrained rows 0-1 are kept as they were."""
-    from mezo.models import DEMO_SEGMENTS, enlarge_token_types
+    from mezo.models.prompt_mlm import DEMO_SEGMENTS, enlarge_token_types
     mlm = AutoModelForMaskedLM.from_pretrained(tiny_bert_dir).eval()
     old = mlm.bert.embeddings.token_type_embeddings.weight.detach().clone()
     enlarge_token_types(mlm)

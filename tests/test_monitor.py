@@ -6,10 +6,11 @@ import re
 
 import pytest
 
-import run
+from mezo.cli import run
 import tiny
-from mezo import monitor, zo
-from mezo.zo import ZOStep
+from mezo.training import monitor
+from mezo.zo import step as zo
+from mezo.zo.step import ZOStep
 
 TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
 MAPPING = "{0:'terrible',1:'great'}"

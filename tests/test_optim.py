@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from mezo.optim import OriginalAdamW
+from mezo.training.original_adamw import OriginalAdamW
 
 
 class AllocatingAdamW(torch.optim.Optimizer):

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-import run
+from mezo.cli import run
 import tiny
-from mezo import export
-from mezo.tasks import get_task
-from tools import predict
+from mezo.models import export
+from mezo.data.tasks import get_task
+from mezo.cli import predict
 
 TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
 MAPPING = "{0:'terrible',1:'great'}"

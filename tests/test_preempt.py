@@ -14,9 +14,9 @@ import pytest
 import tiny
 import torch
 
-import run
-from mezo import checkpoint
-from mezo.callbacks import DataOrder
+from mezo.cli import run
+from mezo.training import checkpoint
+from mezo.training.callbacks import DataOrder
 
 STEPS = 8  # 32 training examples, batch 8: 4 steps per epoch
 STOP_AT = 5  # neither a --save_steps (3) nor an --eval_steps (4) step, mid-epoch
@@ -28,8 +28,8 @@ STOP_AT = 5  # neither a --save_steps (3) nor an --eval_steps (4) step, mid-epoc
 # The signal still goes through the OS (os.kill) to the handler run.py installed, as an external one would.
 DRIVER = r"""
 import os, signal, sys
-import run
-from mezo.callbacks import DataOrder
+from mezo.cli import run
+from mezo.training.callbacks import DataOrder
 at = int(os.environ.get("PREEMPT_AT", "0"))
 sig = getattr(signal, os.environ.get("PREEMPT_SIGNAL", "SIGTERM"))
 def begin(self, args, state, control, **kw):

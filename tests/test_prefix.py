@@ -5,10 +5,10 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from mezo.arguments import AdapterArguments
+from mezo.config.arguments import AdapterArguments
 from mezo.errors import UsageError
-from mezo.models import PromptMLM, count_trainable, set_trainable
-from mezo.prefix import EMBED_DIM, MID_DIM, inject_prefix
+from mezo.models.prompt_mlm import PromptMLM, count_trainable, set_trainable
+from mezo.models.prefix import EMBED_DIM, MID_DIM, inject_prefix
 
 WORDS = [5, 6]
 P = 3
@@ -42,7 +42,7 @@ def _batch(seed=0, batch=4, length=9, vocab=300, pad_id=1):
 
 def mezo_step(params, loss_fn, seed, eps=1e-3, lr=1e-2):
     """src/mezo/zo.py's step (the trainer's)."""
-    from mezo import zo
+    from mezo.zo import step as zo
     return zo.mezo_step(params, loss_fn, zo.default_noise(), seed, eps=eps, lr=lr)
 
 

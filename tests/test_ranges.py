@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 from transformers import TrainingArguments
 
-from mezo.arguments import AdapterArguments, DataArguments, MezoTrainingArguments, ModelArguments
-from mezo.ranges import NO_RANGE, RANGES, bad_field
+from mezo.config.arguments import AdapterArguments, DataArguments, MezoTrainingArguments, ModelArguments
+from mezo.config.ranges import NO_RANGE, RANGES, bad_field
 
 nan, inf = float("nan"), float("inf")
 # field: (values that must be refused, values that must pass) - the ranges restated by hand.
@@ -89,7 +89,7 @@ def test_every_field_has_a_range_or_a_reason_exactly_once():
 
 
 def test_help_states_every_range(repo_root):
-    from mezo.arguments import build_parser
+    from mezo.config.arguments import build_parser
     helps = {a.dest: a.help for a in build_parser()._actions}
     out = " ".join(subprocess.run([sys.executable, "run.py", "--help"], cwd=repo_root, capture_output=True,
                                   text=True).stdout.split())
@@ -100,7 +100,7 @@ def test_help_states_every_range(repo_root):
 
 @pytest.mark.parametrize("flag,value", [("--seed", "-1"), ("--demo_filter_rate", "0"), ("--num_prefix", "0")])
 def test_range_error_before_any_file_is_read(tmp_path, capsys, flag, value):
-    import run
+    from mezo.cli import run
     rc = run.main(["--model_name_or_path", "/no/such/model", "--task_name", "mr", "--data_dir", "/no/such/dir",
                    "--output_dir", str(tmp_path / "o"), "--log_file", str(tmp_path / "log"), flag, value])
     assert rc == 2

@@ -3,8 +3,8 @@ import io
 
 import pytest
 
-from mezo import results
-from tools import report
+from mezo.experiments import results
+from mezo.experiments import report
 
 
 def rec(task, tag, seed, lr, dev, test, k=16, **extra):

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from mezo import results
+from mezo.experiments import results
 from mezo.errors import RecordNotAppended
-from mezo import gather as gather_result
+from mezo.experiments import gather as gather_result
 
 
 def _rec(task, seed, data_seed, lr, dev, test, tag="k16-m-mezo-ft", out=None):

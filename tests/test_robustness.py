@@ -12,12 +12,12 @@ import tiny
 import torch
 from transformers import TrainerCallback
 
-import run
-from mezo import results
+from mezo.cli import run
+from mezo.experiments import results
 from mezo.errors import TrainingDiverged
-from mezo.callbacks import DataOrder
-from mezo.trainer import MezoTrainer
-from mezo.zo_run import skip_limit
+from mezo.training.callbacks import DataOrder
+from mezo.training.trainer import MezoTrainer
+from mezo.training.zo_run import skip_limit
 
 TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
 MAPPING = "{0:'terrible',1:'great'}"
@@ -173,7 +173,7 @@ def test_bad_input_exit_2_one_line_log_byte_identical(tmp_path, data_dir, model_
 # ----- the log under concurrency ---------------------------------------------------------------
 WRITER = """
 import sys
-from mezo.results import append_record
+from mezo.experiments.results import append_record
 w = int(sys.argv[1])
 for i in range(50):
     append_record(sys.argv[2], {{"task_name": "uci-sentiment", "writer": w, "i": i, "seed": w, "tag": "c",
@@ -214,9 +214,9 @@ def test_eight_writers_400_whole_lines_then_gather_skips_damage(tmp_path, repo_r
 def _zo_trainer(tmp_path, tiny_roberta_dir, **kw):
     from transformers import AutoModelForMaskedLM
 
-    from mezo.arguments import MezoTrainingArguments
-    from mezo.data import Collator
-    from mezo.models import PromptMLM
+    from mezo.config.arguments import MezoTrainingArguments
+    from mezo.data.datasets import Collator
+    from mezo.models.prompt_mlm import PromptMLM
 
     torch.manual_seed(0)
     model = PromptMLM(AutoModelForMaskedLM.from_pretrained(tiny_roberta_dir), 2, [10, 20])

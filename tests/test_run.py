@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-import run
+from mezo.cli import run
 import tiny
 
 TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"

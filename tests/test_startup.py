@@ -4,7 +4,7 @@ import time
 
 import psutil
 
-import run
+from mezo.cli import run
 import tiny
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mezo.errors import UsageError
-from mezo.tasks import TASKS, InputExample, Task, dev_objective, get_task
+from mezo.data.tasks import TASKS, InputExample, Task, dev_objective, get_task
 
 
 def write(path, text, mode="w"):
@@ -351,13 +351,13 @@ def test_empty_split_is_an_error(tmp_path, name, content):
 
 def test_split_count_logged(tmp_path, caplog):
     path = write(tmp_path / "train.csv", "1,a\n0,b\n1,c\n")
-    with caplog.at_level(logging.INFO, logger="mezo.tasks"):
+    with caplog.at_level(logging.INFO, logger="mezo.data.tasks"):
         get_task("mr").read_examples(str(tmp_path), "train")
     assert f"{path}: 3 examples" in caplog.text
 
 
 def test_k_shot_warning_names_the_counts(caplog):
-    from mezo.tasks import check_k_shot
+    from mezo.data.tasks import check_k_shot
     t = get_task("mr")
     two_each = [InputExample(f"train-{i}", "x", None, i % 2) for i in range(4)]
     with caplog.at_level(logging.WARNING):
@@ -377,7 +377,7 @@ NOT_NA = [" NA", "NA ", "na", "Nan", "NONE", "none", "N/a", "-NA", "#n/a", "NaN!
 
 
 def test_csv_pandas_missing_values_become_empty_text(tmp_path):
-    from mezo.tasks import PANDAS_NA
+    from mezo.data.tasks import PANDAS_NA
     assert PANDAS_NA == set(PANDAS_DEFAULT_NA)  # the pinned pandas still has the documented set
     texts = PANDAS_DEFAULT_NA + ['"NA"', '"null"'] + NOT_NA
     write(tmp_path / "train.csv", "".join(f"{i % 2},{t}\n" for i, t in enumerate(texts)))

@@ -6,7 +6,7 @@ against ids composed by hand from the tokenizer's encoding of the individual pie
 import pytest
 
 from mezo.errors import UsageError
-from mezo.templates import (auto_demo_template, label_word_ids, parse_mapping, parse_template,
+from mezo.data.templates import (auto_demo_template, label_word_ids, parse_mapping, parse_template,
                            render, render_finetune, uses_token_type_ids, validate_template)
 
 SENT = "*cls**sent_0*_It_was*mask*.*sep+*"

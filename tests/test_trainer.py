@@ -6,12 +6,12 @@ from transformers import AutoModelForMaskedLM
 
 import tiny
 
-from mezo.zo_backend import FastNoise
-from mezo.arguments import MezoTrainingArguments
-from mezo.data import Collator
-from mezo.models import PromptMLM
-from mezo.callbacks import BestDevCallback
-from mezo.trainer import MezoTrainer
+from mezo.zo.backend import FastNoise
+from mezo.config.arguments import MezoTrainingArguments
+from mezo.data.datasets import Collator
+from mezo.models.prompt_mlm import PromptMLM
+from mezo.training.callbacks import BestDevCallback
+from mezo.training.trainer import MezoTrainer
 
 
 _dataset = tiny.mask_dataset

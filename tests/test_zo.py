@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from mezo import zo_backend as zo
-from mezo.zo import PlainNoise, ZOStep
-from mezo.zo import mezo_step as zo_step
-from mezo.zo_backend import FastNoise
+from mezo.zo import backend as zo
+from mezo.zo.step import PlainNoise, ZOStep
+from mezo.zo.step import mezo_step as zo_step
+from mezo.zo.backend import FastNoise
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

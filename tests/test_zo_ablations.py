@@ -10,16 +10,16 @@ from transformers import AutoModelForMaskedLM
 
 import tiny
 
-import run
-from mezo import zo_ablations
-from mezo.zo_backend import FastNoise
-from mezo.arguments import MezoTrainingArguments, parse_args
-from mezo.data import Collator
+from mezo.cli import run
+from mezo.zo import ablations as zo_ablations
+from mezo.zo.backend import FastNoise
+from mezo.config.arguments import MezoTrainingArguments, parse_args
+from mezo.data.datasets import Collator
 from mezo.errors import UsageError
-from mezo.models import PromptMLM
-from mezo.optim import OriginalAdamW
-from mezo.tasks import get_task
-from mezo.trainer import MezoTrainer
+from mezo.models.prompt_mlm import PromptMLM
+from mezo.training.original_adamw import OriginalAdamW
+from mezo.data.tasks import get_task
+from mezo.training.trainer import MezoTrainer
 
 LR, EPS, SEED = 1e-2, 1e-3, 3
 

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-import run
+from mezo.cli import run
 import tiny
-from mezo import zo_methods
-from mezo.arguments import MezoTrainingArguments
-from mezo.data import Collator, original_train_sampler
-from mezo.models import PromptMLM
-from mezo.trainer import MezoTrainer
+from mezo.zo import methods as zo_methods
+from mezo.config.arguments import MezoTrainingArguments
+from mezo.data.datasets import Collator, original_train_sampler
+from mezo.models.prompt_mlm import PromptMLM
+from mezo.training.trainer import MezoTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

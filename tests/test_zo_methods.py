@@ -16,9 +16,9 @@ from torch.func import functional_call
 
 import tiny
 
-from mezo import zo_methods as zm
-from mezo.zo_backend import FastNoise
-from mezo.zo_noise import GaussianParamNoise, LowRankNoise, RademacherNoise, sub_seed
+from mezo.zo import methods as zm
+from mezo.zo.backend import FastNoise
+from mezo.zo.noise import GaussianParamNoise, LowRankNoise, RademacherNoise, sub_seed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from mezo import zo
-from mezo.zo_backend import FastNoise
-from mezo.lora import inject_lora
-from mezo.models import PromptMLM
-from mezo.prefix import inject_prefix
+from mezo.zo import step as zo
+from mezo.zo.backend import FastNoise
+from mezo.models.lora import inject_lora
+from mezo.models.prompt_mlm import PromptMLM
+from mezo.models.prefix import inject_prefix
 
 
 def _model(path, kind):

@@ -53,7 +53,7 @@ def build_tiny_bert(out_dir: str, seed: int = 0, **config_overrides):
     """Random 2-layer BertForMaskedLM (hidden 32) with the embedded model's WordPiece vocab."""
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-    from mezo.embedded import embedded_model_dir
+    from mezo.models.embedded import embedded_model_dir
 
     tok = AutoTokenizer.from_pretrained(embedded_model_dir())
     tok.save_pretrained(out_dir)
@@ -119,8 +119,8 @@ def resume_and_compare(ref, out, log, argv):
 
     import torch
 
-    import run
-    from mezo.results import VOLATILE_FIELDS
+    from mezo.cli import run
+    from mezo.experiments.results import VOLATILE_FIELDS
     assert run.main(list(argv) + ["--resume_from_checkpoint", "auto"]) == 0
     weights = torch.load(out / "trainable_weights.pt", weights_only=True)
     assert weights.keys() == ref["weights"].keys()

@@ -105,7 +105,7 @@ def parse_methods(ap, text):
     """--methods: [] when not given, every method for 'all', else the listed ones (checked, in order)."""
     if text is None:
         return []
-    from mezo.zo_methods import METHODS
+    from mezo.zo.methods import METHODS
     names = list(METHODS) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
     bad = [n for n in names if n not in METHODS]
     if bad or not names:
@@ -116,7 +116,7 @@ def parse_methods(ap, text):
 
 def build_method(name, params):
     """One --zo_method on the trainable parameters, with the method's default hyper-parameters."""
-    from mezo.zo_methods import build_method as build
+    from mezo.zo.methods import build_method as build
     return build(name, params, eps=EPS)
 
 
@@ -151,7 +151,7 @@ def build(args):
     mlm = RobertaForMaskedLM(cfg)
     words = [cfg.vocab_size // 3, 2 * cfg.vocab_size // 3]
     try:
-        from mezo.models import PromptMLM
+        from mezo.models.prompt_mlm import PromptMLM
         model, wrapper = PromptMLM(mlm, 2, label_word_ids=words), "mezo.models.PromptMLM"
     except Exception:   # the benchmark must not depend on the rest of the project being ready
         model, wrapper = _LocalPromptMLM(mlm, words), "local"
@@ -223,13 +223,13 @@ def _reset_peak_rss():
 def child_memory(args, what):
     """Run in a fresh process: peak memory of one operation, returned as JSON on stdout."""
     import transformers  # noqa: F401  (libraries are not part of the footprint)
-    from mezo import zo
+    from mezo.zo import step as zo
     try:
-        import mezo.models  # noqa: F401
+        import mezo.models.prompt_mlm  # noqa: F401
     except Exception:
         pass
 
-    from mezo.zo_backend import FastNoise
+    from mezo.zo.backend import FastNoise
     eng = FastNoise(args.workers, cache_z=(what == "cache"))
     cuda = args.device == "cuda"
     before = torch.cuda.memory_allocated() if cuda else _status_kb("VmRSS")
@@ -311,8 +311,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args._child:
         return child_memory(args, args._child.split(":", 1)[1])
-    from mezo import zo
-    from mezo.zo_backend import FastNoise
+    from mezo.zo import step as zo
+    from mezo.zo.backend import FastNoise
 
     eng, cached = FastNoise(args.workers), FastNoise(args.workers, cache_z=True)
     t0 = time.perf_counter()

@@ -38,9 +38,9 @@ def _accuracy(pred):
 
 
 def _trainer(model, items, batch, steps, out_dir, device):
-    from mezo.arguments import MezoTrainingArguments
-    from mezo.data import Collator
-    from mezo.trainer import MezoTrainer
+    from mezo.config.arguments import MezoTrainingArguments
+    from mezo.data.datasets import Collator
+    from mezo.training.trainer import MezoTrainer
     args = MezoTrainingArguments(output_dir=out_dir, per_device_train_batch_size=batch,
                                  per_device_eval_batch_size=batch, max_steps=steps, learning_rate=1e-5,
                                  optimizer="adam", logging_steps=LOG_EVERY, disable_tqdm=True, seed=0,
@@ -78,8 +78,8 @@ def trainer_ft(model, items, batch, steps, device, skip=1):
 
 def bare_ft(model, items, batch, steps, device, skip=1):
     """The same training with nothing but PyTorch: loader, forward, backward, clip, AdamW, schedule."""
-    from mezo.data import Collator
-    from mezo.optim import OriginalAdamW
+    from mezo.data.datasets import Collator
+    from mezo.training.original_adamw import OriginalAdamW
     g = torch.Generator().manual_seed(0)
     loader = torch.utils.data.DataLoader(items, batch_size=batch, shuffle=True, generator=g, collate_fn=Collator(1))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -117,7 +117,7 @@ def trainer_eval(model, items, batch, device):
 
 
 def bare_eval(model, items, batch, device):
-    from mezo.data import Collator
+    from mezo.data.datasets import Collator
     _sync(device)
     t0 = time.perf_counter()
     model.eval()

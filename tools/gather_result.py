@@ -2,11 +2,11 @@
 
     python tools/gather_result.py --condition "{'tag': 'k16-roberta-large-mezo-ft', 'task_name': 'sst-2'}"
 
-The algorithm lives in the package (mezo.gather), shared with tools/report.py.
+The algorithm lives in the package (mezo.experiments.gather), shared with tools/report.py.
 """
 import sys
 
-from mezo.gather import main
+from mezo.experiments.gather import main
 
 if __name__ == "__main__":
     sys.exit(main())

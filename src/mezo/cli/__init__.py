@@ -1,0 +1,1 @@
+"""Command-line programs; run.py and tools/ are thin entry points into these."""

@@ -1,0 +1,1 @@
+"""The Hugging Face integration: the Trainer subclass, its callbacks, checkpoints and preemption."""

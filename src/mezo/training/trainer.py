@@ -1,0 +1,280 @@
+"""The Hugging Face Trainer, extended at its public seams for MeZO and for best-dev model selection.
+
+Back-propagation (the paper's FT rows) is the stock training loop untouched. MeZO replaces only
+`training_step`: two forward passes around an in-place, seeded perturbation (src/mezo/zo.py), and
+the update applied there; the optimizer the loop then steps is a parameter-less placeholder that
+only carries the learning rate for the scheduler. The loop, logging, progress bar and stopping
+are the stock ones, so exactly `max_steps` updates happen. What a ZO run carries between steps is
+`self.zo_run` (src/mezo/zo_run.py); the callbacks own their state (src/mezo/callbacks.py).
+
+With `--zero_order_use_trainer_optim` (ablations, src/mezo/zo_ablations.py) `training_step` instead
+adds the SPSA estimate to `.grad` and the stock optimizer, scheduler, accumulation and (only with
+`--zero_order_clip_grad`) clipping do the rest.
+
+Public seams used: `training_step`, `create_optimizer`, `get_optimizer_cls_and_kwargs`,
+`get_decay_parameter_names`, `get_train_dataloader`, `log`, callbacks and `model_wrapped`. The two
+private ones (checkpoint save and resume) are in src/mezo/hf_private.py, with every other private
+name used.
+"""
+import logging
+import math
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer
+
+from mezo.training import checkpoint
+from mezo.training import distributed
+from mezo.training import hf_private
+from mezo.training import monitor
+from mezo.zo import step as zo
+from mezo.zo import ablations as zo_ablations
+from mezo.zo import methods as zo_methods
+from mezo.training.callbacks import BestDevCallback, DataOrder
+from mezo.data.datasets import original_train_sampler
+from mezo.training.original_adamw import OriginalAdamW
+from mezo.training.preempt import PreemptCallback
+from mezo.training.zo_run import ZORun
+
+logger = logging.getLogger(__name__)
+
+
+class LearningRateHolder(torch.optim.Optimizer):
+    """A stateless optimizer: MeZO updates inside training_step; this only holds the lr."""
+
+    def __init__(self, lr):
+        super().__init__([torch.zeros(0)], {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        return None
+
+
+# The original's weight-decay exemption for its torch optimizers (spec §5.1): a case-sensitive
+# substring test, so RoBERTa's `lm_head.layer_norm.weight` IS decayed.
+ORIGINAL_NO_DECAY = ("bias", "LayerNorm.weight")
+
+
+class Replica(torch.nn.Module):
+    """Marks the model as already wrapped, so that accelerate does not put it in DDP."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+class MezoTrainer(hf_private.CheckpointSeams):
+    """Trainer whose step is MeZO when `--zero_order_optim` is on, the stock backprop step otherwise."""
+
+    def __init__(self, *args, dev_objective=None, arg_groups=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        a = self.args
+        self.run_arg_groups = arg_groups or (a,)   # what a checkpoint must match to be resumed
+        self.best = BestDevCallback(dev_objective)
+        self.data_order = DataOrder()
+        self.zo_run = ZORun(self.model, a) if a.zero_order_optim else None
+        self.zo_micro = []   # micro-batches of the current update (--gradient_accumulation_steps)
+        self.pending_loop_counters = None   # a resumed run's loss accumulators, put back at its first step
+        for callback in (self.best, self.data_order, PreemptCallback()):  # preempt: src/mezo/preempt.py
+            self.add_callback(callback)
+        # MeZO scalars in the logs, dev score on the progress bar (src/mezo/monitor.py)
+        self.monitor = monitor.install(self, self.zo_run)
+        if self.zo_run is not None:
+            self.add_callback(self.zo_run)   # after BestDevCallback: its stop overrides the evaluation
+        if self.zo and a.world_size > 1:
+            # Data-parallel MeZO needs no DistributedDataParallel (nor its gradient buckets): a model
+            # already wrapped is not prepared by accelerate (`model_wrapped` is the public attribute
+            # the loop wraps from). Ranks share the step seed and exchange only the loss.
+            self.model_wrapped = Replica(self.model)
+
+    @property
+    def zo(self) -> bool:
+        """The direct MeZO path: the update happens inside `training_step`."""
+        return self.args.zero_order_optim and not self.args.zero_order_use_trainer_optim
+
+    @property
+    def zo_trainer(self) -> bool:
+        """--zero_order_use_trainer_optim: the ZO estimate goes to .grad, the stock optimizer updates."""
+        return self.args.zero_order_optim and self.args.zero_order_use_trainer_optim
+
+    def get_train_dataloader(self):
+        """The original's data order (``data.original_train_sampler``; accelerate's seedable sampler
+        would instead reseed every epoch with seed + epoch). Several processes: the stock loader."""
+        if self.args.world_size > 1 or self.train_dataset is None:
+            return super().get_train_dataloader()
+        sampler = self.data_order.sampler = original_train_sampler(self.train_dataset, self.args)
+        loader = DataLoader(self.train_dataset, batch_size=self.args.train_batch_size,
+                            sampler=sampler, collate_fn=self.data_collator,
+                            drop_last=self.args.dataloader_drop_last, num_workers=self.args.dataloader_num_workers,
+                            pin_memory=self.args.dataloader_pin_memory)
+        return self.accelerator.prepare(loader)
+
+    @staticmethod
+    def get_optimizer_cls_and_kwargs(args, model=None):
+        """`--optimizer adam`: the original's AdamW (src/mezo/optim.py) unless --torch_adamw."""
+        if args.optimizer == "adam" and not args.torch_adamw:
+            return OriginalAdamW, {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2),
+                                   "eps": args.adam_epsilon}
+        return Trainer.get_optimizer_cls_and_kwargs(args, model)
+
+    def get_decay_parameter_names(self, model) -> list:
+        """The original's parameter groups, not the Trainer's (which also exempts every LayerNorm)."""
+        return [n for n, _ in model.named_parameters() if not any(nd in n for nd in ORIGINAL_NO_DECAY)]
+
+    def create_optimizer(self, model=None):
+        if not self.zo:
+            return super().create_optimizer(model)
+        if self.optimizer is None:
+            self.optimizer = LearningRateHolder(self.args.learning_rate)
+        return self.optimizer
+
+    # ----- the training step ------------------------------------------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.pending_loop_counters is not None:   # first step of a resumed run
+            hf_private.set_loop_counters(self, self.pending_loop_counters)
+            self.pending_loop_counters = None
+        if not self.args.zero_order_optim:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.eval()
+        inputs = hf_private.prepare_inputs(self, inputs)
+        if self.zo_trainer:
+            return self.zo_trainer_step(model, inputs)
+        if self.zo_run.ab is not None:
+            return self.zo_ablation_direct_step(model, inputs)
+        loss_fn = self.zo_update_loss(model, inputs)
+        if loss_fn is None:   # a micro-batch kept for the update's loss (--gradient_accumulation_steps)
+            return torch.tensor(0.0, device=self.args.device)
+        run, lr = self.zo_run, hf_private.learning_rate(self)
+        if run.method is not None:
+            return self.zo_logged_loss(run.method.step(loss_fn, run.next_seed(), lr))
+        return self.zo_logged_loss(zo.mezo_step(run.params, loss_fn, run.noise, run.next_seed(),
+                                                eps=self.args.zero_order_eps, lr=lr, weight_decay=run.decay))
+
+    def zo_model_loss(self, model, inputs) -> torch.Tensor:
+        """The objective of one forward, without autograd (--fzoo_batched calls it under vmap)."""
+        with torch.no_grad(), self.compute_loss_context_manager():
+            if self.args.optimize_acc:
+                _, out = self.compute_loss(model, inputs, return_outputs=True)
+                return zo_ablations.minus_accuracy(out["logits"], inputs["labels"])
+            return self.compute_loss(model, inputs)
+
+    def zo_forward(self, model, inputs) -> torch.Tensor:
+        """Loss of one forward pass in eval mode (dropout off), without autograd."""
+        loss = self.zo_model_loss(model, inputs)
+        self.zo_run.forwards += 1
+        # Data-parallel MeZO: ranks share the step seed, so only the loss is exchanged.
+        return distributed.global_mean(loss.detach(), len(inputs["input_ids"]))
+
+    def accumulation_steps(self) -> int:
+        return max(1, int(getattr(self, "current_gradient_accumulation_steps", 1) or 1))
+
+    def zo_update_loss(self, model, inputs):
+        """The loss of this update: one batch, or with --gradient_accumulation_steps n the size-weighted
+        mean of the update's n micro-batch losses under the same perturbation (one seed), i.e. the
+        full-batch loss with one micro-batch's activations. None until the last micro-batch arrives."""
+        n = self.accumulation_steps()
+        if n == 1 and not self.zo_micro:
+            return self.zo_batch_loss(model, inputs)
+        self.zo_micro.append(inputs)
+        if len(self.zo_micro) < n:
+            return None
+        parts = [(self.zo_batch_loss(model, b), len(b["input_ids"])) for b in self.zo_micro]
+        self.zo_micro = []
+        return zo_methods.accumulated_loss(parts)
+
+    def zo_batch_loss(self, model, inputs):
+        """One batch's loss_fn; with --fzoo_batched it also gives FZOO's N perturbed losses in one
+        vmapped forward of the unwrapped model (src/mezo/fzoo_batched.py)."""
+        loss_fn = lambda: self.zo_forward(model, inputs)  # noqa: E731
+        if self.zo_run.batched is None:
+            return loss_fn
+        return self.zo_run.batched.wrap(loss_fn, lambda m: self.zo_model_loss(m, inputs), len(inputs["input_ids"]))
+
+    def zo_logged_loss(self, step) -> torch.Tensor:
+        """The loss the loop logs for a MeZO step; a skipped (non-finite) step is counted and logged."""
+        self.monitor.record(step)
+        if step.skipped:
+            self.zo_run.skipped += 1
+            logger.warning("step %d: non-finite MeZO loss (%s, %s); update skipped",
+                           self.state.global_step, step.loss_plus, step.loss_minus)
+        self.zo_run.after_update(self.state.global_step + 1, self.state.max_steps)
+        return torch.tensor(float("nan") if step.skipped else step.loss_plus, device=self.args.device)
+
+    def zo_block_constants(self, model, inputs):
+        """--zo_variant: (re)compute the block constants on this batch when an epoch starts."""
+        def with_grad():
+            with self.compute_loss_context_manager():
+                return self.compute_loss(model, inputs)
+        self.zo_run.ab.maybe_consts(lambda: self.zo_forward(model, inputs), with_grad, self.zo_run.next_seed)
+
+    def zo_ablation_direct_step(self, model, inputs):
+        """Direct MeZO update with --layer_wise_optim / --zo_variant (src/mezo/zo_ablations.py)."""
+        self.zo_block_constants(model, inputs)
+        run = self.zo_run
+        step = run.ab.direct_step(lambda: self.zo_forward(model, inputs), seed=run.next_seed(),
+                                  lr=hf_private.learning_rate(self), weight_decay=run.decay,
+                                  global_step=self.state.global_step)
+        return self.zo_logged_loss(step)
+
+    def zo_trainer_step(self, model, inputs):
+        """--zero_order_use_trainer_optim: SPSA pair(s) in eval mode without autograd, theta restored
+        after each, g z / (grad_accum n) added to .grad; the stock loop clips (only with
+        --zero_order_clip_grad), steps the optimizer and the scheduler and zeroes the grads."""
+        self.zo_block_constants(model, inputs)
+        run, accum = self.zo_run, self.accumulation_steps()
+        skipped = run.ab.skipped
+        loss = run.ab.accumulate_step(lambda: self.zo_forward(model, inputs), run.next_seed,
+                                      global_step=self.state.global_step,
+                                      max_steps=self.state.max_steps, grad_accum=accum)
+        run.skipped += run.ab.skipped - skipped
+        run.after_update(self.state.global_step + 1, self.state.max_steps)
+        return torch.tensor(loss / accum, device=self.args.device)
+
+    def log(self, logs, *args, **kwargs):
+        """Training logs carry the MeZO step's own scalars to every --report_to integration (src/mezo/monitor.py)."""
+        super().log(self.monitor.extend(logs, self.state.global_step), *args, **kwargs)
+
+    # ----- checkpoints (src/mezo/checkpoint.py): atomic, trainable parameters only, exact resume -----
+    def save_run_checkpoint(self, trial=None):
+        """Where the stock loop saves (hf_private.CheckpointSeams)."""
+        return checkpoint.save(self, trial)
+
+    def load_run_checkpoint(self, path: str) -> None:
+        """Where the stock loop resumes (hf_private.CheckpointSeams), before `on_train_begin`."""
+        extra = checkpoint.load(self, path)
+        if self.zo_run is not None:
+            self.zo_run.load_state_dict(extra)
+        self.data_order.resume_state = extra.get("sampler")
+        self.best.load_state_dict(extra["best"])
+        self.pending_loop_counters = extra["loss"]  # the loop resets them after this; see training_step
+
+    def extra_state(self) -> dict:
+        """What a checkpoint carries beyond the stock files (src/mezo/checkpoint.py)."""
+        return {**(self.zo_run.state_dict() if self.zo_run is not None else {}),
+                "sampler": self.data_order.epoch_state,   # the data order as the current epoch began
+                "best": self.best.state_dict(), "loss": hf_private.loop_counters(self)}
+
+    # ----- model selection --------------------------------------------------------------------
+    def restore_best(self) -> bool:
+        restored = self.best.restore(self.model)
+        if self.args.evaluate_during_training and not restored:
+            logger.warning("no dev evaluation happened during training (max_steps < eval_steps?): "
+                           "keeping the last weights")
+        return restored
+
+    def train_summary(self) -> dict:
+        """Facts about the finished training for the result record."""
+        out = {"global_step": self.state.global_step,
+               "best_dev_step": self.best.best_step,
+               "dev_curve": self.best.curve,
+               "train_loss_curve": [(h["step"], h["loss"]) for h in self.state.log_history
+                                    if "loss" in h and "step" in h and math.isfinite(h["loss"])]}
+        if self.zo_run is not None:
+            out.update(zo_skipped_steps=self.zo_run.skipped, zo_forward_steps=self.zo_run.forwards)
+        if self.args.fzoo_batched:   # whether every step's N losses came from the batched forward
+            b = self.zo_run.batched
+            out["fzoo_batched_ran"] = b is not None and b.worked and b.disabled is None
+        return out

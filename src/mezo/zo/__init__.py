@@ -1,0 +1,1 @@
+"""Zeroth-order optimisation in pure PyTorch: the SPSA step, its noise, the optimizers."""
