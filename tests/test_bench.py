@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from mezo.zo.methods import METHODS
+from mezo.zo.methods import OPTIMIZERS as METHODS
 
 KEYS = ("step_over_2fwd_default", "step_over_2fwd_cache", "step_over_2fwd_reference",
         "mem_over_inference", "ft_step_over_bare", "eval_over_bare", "bf16_fwd_speedup", "step_over_2fwd_bf16",

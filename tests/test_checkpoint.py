@@ -18,6 +18,7 @@ import torch
 from mezo.cli import run
 from mezo.training import checkpoint
 from mezo.training import zo_run
+from mezo.zo import optim as zo_optim
 
 # Record fields that may differ between an uninterrupted and a killed-and-resumed run.
 
@@ -28,6 +29,7 @@ import os, signal, sys, time
 from mezo.cli import run
 from mezo.training import checkpoint
 from mezo.training import zo_run
+from mezo.zo import optim as zo_optim
 from mezo.training.callbacks import DataOrder
 from mezo.training.trainer import MezoTrainer
 mode = os.environ.get("KILL_MODE", "")
@@ -219,9 +221,9 @@ def test_zo_seed_generator_state_roundtrip():
     a.randint(1_000_000_000, size=7)
     a.standard_normal()  # leaves a cached gaussian
     b = np.random.RandomState(0)
-    saved = zo_run.random_state_to_tensors(a)
+    saved = zo_optim.random_state_to_tensors(a)
     torch.save(saved, "/dev/null")  # plain tensors / numbers: loadable with weights_only=True
-    zo_run.set_random_state(b, saved)
+    zo_optim.set_random_state(b, saved)
     assert a.randint(1_000_000_000, size=5).tolist() == b.randint(1_000_000_000, size=5).tolist()
     assert a.standard_normal() == b.standard_normal()
 

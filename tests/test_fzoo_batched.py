@@ -11,7 +11,7 @@ from torch import nn
 from mezo.cli import run
 import tiny
 from mezo.training import fzoo_batched
-from mezo.zo import methods as zo_methods
+from mezo.zo import losses as zo_losses
 from mezo.config.arguments import MezoTrainingArguments
 from mezo.data.datasets import Collator
 from mezo.models.lora import inject_lora
@@ -52,7 +52,7 @@ def test_batched_losses_are_the_sequential_losses(tiny_roberta_dir, trainable, t
     model, batch = _model(tiny_roberta_dir, trainable, tie_emb), _batch()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
-    method = zo_methods.build_method("fzoo", params, eps=EPS, n=N)
+    method = tiny.zo_build("fzoo", params, eps=EPS, n=N)
     seeds = method.direction_seeds(11)
     with torch.no_grad():
         sequential = method._perturbed_losses(lambda: model(**batch).loss, seeds)
@@ -149,13 +149,13 @@ def test_model_vmap_cannot_batch_falls_back(caplog):
     for batched in (False, True):
         model = DataDependent()
         params = list(model.parameters())
-        method = zo_methods.build_method("fzoo", params, eps=EPS, n=N)
+        method = tiny.zo_build("fzoo", params, eps=EPS, n=N)
         batcher = fzoo_batched.Batcher(model, [n for n, _ in model.named_parameters()])
         plain = lambda: model(x, y)  # noqa: E731
         loss_fn = batcher.wrap(plain, lambda m: m(x, y), 5) if batched else plain
         with caplog.at_level(logging.WARNING, logger="mezo.training.fzoo_batched"):
             for s in (1, 2):
-                method.step(loss_fn, s, 1e-3)
+                tiny.zo_step(method, loss_fn, s, 1e-3)
         finals.append([p.detach().clone() for p in params])
     assert batcher.disabled and not batcher.worked
     warned = [r for r in caplog.records if "cannot batch this model's forward (RuntimeError" in r.message]
@@ -184,11 +184,11 @@ def test_parameter_read_outside_the_modules_falls_back(caplog):
     y = torch.tensor([0, 1, 1, 0, 1])
     model = Closure()
     params, names = list(model.parameters()), [n for n, _ in model.named_parameters()]
-    method = zo_methods.build_method("fzoo", params, eps=EPS, n=N)
+    method = tiny.zo_build("fzoo", params, eps=EPS, n=N)
     seeds = method.direction_seeds(4)
     with torch.no_grad():
         sequential = method._perturbed_losses(lambda: model(x, y), seeds)
-        unguarded = zo_methods.VmapLosses(names, lambda d: torch.func.functional_call(model, d, (x, y)))(
+        unguarded = zo_losses.VmapLosses(names, lambda d: torch.func.functional_call(model, d, (x, y)))(
             method.noise, params, seeds, EPS)
     assert unguarded != pytest.approx(sequential, rel=1e-9, abs=0)    # what the guard prevents
     batcher = fzoo_batched.Batcher(model, names)
@@ -220,8 +220,8 @@ def test_fzoo_batched_needs_fzoo(tmp_path, capsys, extra):
 def test_run_py_head_tuning_batched(tmp_path, monkeypatch):
     """run.py end to end: head tuning of splade-tiny with --fzoo_batched trains batched and records the flag."""
     calls = []
-    vmap_losses = zo_methods.VmapLosses.losses
-    monkeypatch.setattr(zo_methods.VmapLosses, "losses", lambda self, *a: calls.append(1) or vmap_losses(self, *a))
+    vmap_losses = zo_losses.VmapLosses.losses
+    monkeypatch.setattr(zo_losses.VmapLosses, "losses", lambda self, *a: calls.append(1) or vmap_losses(self, *a))
     argv = _argv(tmp_path, "--zero_order_optim", "--efficient_zero_order", "--zo_method", "fzoo", "--fzoo_n", "3",
                  "--fzoo_batched", "--head_tuning", "--max_steps", "2", "--per_device_train_batch_size", "4",
                  "--learning_rate", "1e-7")
@@ -257,10 +257,10 @@ def test_public_code_rule_is_the_library_rule_with_lr_rescaled():
         theta = [t - lr_c * sum((li - l0) / (N * sigma0) * uk[j] for li, uk in zip(ls, us))
                  for j, t in enumerate(theta)]
     params = list(model.parameters())
-    method = zo_methods.build_method("fzoo", params, eps=EPS, n=N)
+    method = tiny.zo_build("fzoo", params, eps=EPS, n=N)
     with torch.no_grad():
         for s in (5, 6, 7):
-            method.step(lambda: nn.functional.cross_entropy(model(x), y), s, lr_c * EPS * math.sqrt(N / (N - 1)))
+            tiny.zo_step(method, lambda: nn.functional.cross_entropy(model(x), y), s, lr_c * EPS * math.sqrt(N / (N - 1)))
     for p, t in zip(params, theta):
         torch.testing.assert_close(p.detach(), t, rtol=1e-9, atol=1e-12)
     assert all(not torch.equal(t, t0) for t, t0 in zip(theta, start))

@@ -9,7 +9,7 @@ import pytest
 from mezo.cli import run
 import tiny
 from mezo.training import monitor
-from mezo.zo import step as zo
+from mezo.zo import methods as zo   # the optimizers call mezo_step from here
 from mezo.zo.step import ZOStep
 
 TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"

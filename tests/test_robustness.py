@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 from mezo.cli import run
 from mezo.experiments import results
 from mezo.errors import TrainingDiverged
+from mezo.training import checkpoint
 from mezo.training.callbacks import DataOrder
 from mezo.training.trainer import MezoTrainer
 from mezo.training.zo_run import skip_limit
@@ -55,7 +56,7 @@ def _fake_checkpoint(path, **args):
     os.makedirs(path)
     torch.save({}, os.path.join(path, "trainable_params.pt"))
     with open(os.path.join(path, "meta.json"), "w") as f:
-        json.dump({"format": 1, "global_step": 3, "args": args}, f)
+        json.dump({"format": args.pop("format", checkpoint.FORMAT), "global_step": 3, "args": args}, f)
 
 
 # (id, extra argv, needle that must be in the one-line message); {tmp}, {nw}, {distil} are filled in.
@@ -118,6 +119,9 @@ BAD = [
      "--output_dir {tmp}/ckfile: checkpoint-2 is a file where checkpoints go"),
     ("resume-damaged", ["--resume_from_checkpoint", "{tmp}/ckbad/checkpoint-3", "--output_dir", "{tmp}/ckbad"],
      "--resume_from_checkpoint {tmp}/ckbad/checkpoint-3: damaged checkpoint (trainable_params.pt is damaged"),
+    ("resume-old-format", ["--resume_from_checkpoint", "{tmp}/ckold/checkpoint-3", "--output_dir", "{tmp}/ckold"],
+     "--resume_from_checkpoint {tmp}/ckold/checkpoint-3: damaged checkpoint (checkpoint format 1, this version "
+     "reads 2 (written by an older version: restart the run))"),
     # ranges (src/mezo/ranges.py) and argparse's own errors, one line each
     ("seed-negative", ["--seed", "-1"], "--seed -1: must be an integer in [0, 4294967295]"),
     ("seed-too-big", ["--seed", "4294967296"], "--seed 4294967296: must be an integer in [0, 4294967295]"),
@@ -152,6 +156,7 @@ def test_bad_input_exit_2_one_line_log_byte_identical(tmp_path, data_dir, model_
     shutil.copy(os.path.join(data_dir, "train.csv"), only / "train.csv")
     _fake_checkpoint(str(tmp_path / "ck" / "checkpoint-3"), learning_rate=1e-3)
     _fake_checkpoint(str(tmp_path / "ckbad" / "checkpoint-3"), learning_rate=1e-3)
+    _fake_checkpoint(str(tmp_path / "ckold" / "checkpoint-3"), learning_rate=1e-3, format=1)   # before the optimizers
     with open(tmp_path / "ckbad" / "checkpoint-3" / "trainable_params.pt", "r+b") as f:
         f.truncate(20)  # a torch zip cut short
     (tmp_path / "locked" / "log.lock").mkdir(parents=True)

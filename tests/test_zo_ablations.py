@@ -279,12 +279,12 @@ def test_zo_grad_est_constants_and_recompute(tmp_path, mlm_state):
         t = _trainer(tmp_path / str(recompute), _model(mlm_state), zo_variant="grad_norm", use_zo_grad_est=True,
                      max_steps=2, recompute_norms=recompute)
         seen = []
-        orig = t.zo_run.ab.accumulate_step
+        orig = t.zo_run.estimator.backward
 
         def spy(*a, **k):
             seen.append(dict(t.zo_run.ab.consts))
             return orig(*a, **k)
-        t.zo_run.ab.accumulate_step = spy
+        t.zo_run.estimator.backward = spy
         t.train()
         assert t.zo_run.forwards == forwards
         for key, v in hand.items():
@@ -315,12 +315,12 @@ def test_zo_by_layer_and_running_update(tmp_path, mlm_state):
     t = _trainer(tmp_path / "r", _model(mlm_state), zo_by_layer=True, zo_variant="grad_norm",
                  norm_running_update=True, max_steps=2)
     seen = []
-    orig = t.zo_run.ab.accumulate_step
+    orig = t.zo_run.estimator.backward
 
     def spy(*a, **k):
         seen.append(dict(t.zo_run.ab.consts))
         return orig(*a, **k)
-    t.zo_run.ab.accumulate_step = spy
+    t.zo_run.estimator.backward = spy
     t.train()
     assert seen[0] != seen[1] and set(seen[1]) == {"embed", "lm_head", "layer.0.", "layer.1."}
 

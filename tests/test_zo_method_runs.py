@@ -1,4 +1,4 @@
-"""--zo_method through run.py: each method of src/mezo/zo_methods.py trains on the demo split, and its
+"""--zo_method through run.py: each method of mezo.zo.methods trains on the demo split, and its
 Trainer step is the library's step (same seeds from RandomState(--seed), same learning rate)."""
 import json
 import types
@@ -9,7 +9,6 @@ import torch
 
 from mezo.cli import run
 import tiny
-from mezo.zo import methods as zo_methods
 from mezo.config.arguments import MezoTrainingArguments
 from mezo.data.datasets import Collator, original_train_sampler
 from mezo.models.prompt_mlm import PromptMLM
@@ -41,14 +40,13 @@ def test_trainer_step_is_the_library_step(tmp_path, tiny_roberta_dir, method):
     ref.load_state_dict(model.state_dict())
     _trainer(tmp_path, model, method).train()    # one batch of all 12 rows per step
     params = [p for p in ref.parameters() if p.requires_grad]
-    lib = zo_methods.build_method(method, params, eps=1e-3, weight_decay=0.0)
+    lib = tiny.zo_build(method, params, lr=1e-3, eps=1e-3, weight_decay=0.0, seed=3)   # the run's --seed 3
     torch.manual_seed(3)   # the Trainer seeds with --seed, then its loader draws the data order
     order = list(original_train_sampler(range(12), types.SimpleNamespace(data_seed=None)))
     batch = Collator(1)([tiny.mask_dataset()[i] for i in order])
-    seeds = np.random.RandomState(3)
     ref.eval()
     for _ in range(3):
-        lib.step(lambda: ref(**batch).loss, int(seeds.randint(1_000_000_000)), 1e-3)
+        lib.step(lambda: ref(**batch).loss)
     for a, b in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)   # a wrong seed or lr misses by ~5e-4
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), PromptMLM(

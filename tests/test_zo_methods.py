@@ -6,6 +6,7 @@ no in-place restores), drawing the same directions through the noise's own draw 
 the two parameter trajectories must agree to float rounding. ZO-SGD-MMT and ZO-Adam are checked
 against torch.optim.SGD / Adam fed g z as the gradient (what the ZO-Bench code does).
 """
+import copy
 import math
 
 import numpy as np
@@ -17,6 +18,7 @@ from torch.func import functional_call
 import tiny
 
 from mezo.zo import methods as zm
+from mezo.zo.losses import VmapLosses, accumulated_loss
 from mezo.zo.backend import FastNoise
 from mezo.zo.noise import GaussianParamNoise, LowRankNoise, RademacherNoise, sub_seed
 
@@ -53,7 +55,7 @@ def seeds(n=STEPS):
 
 
 def run(method, loss_fn, lrs):
-    return [method.step(loss_fn, s, lr) for s, lr in zip(seeds(len(lrs)), lrs)]
+    return [tiny.zo_step(method, loss_fn, s, lr) for s, lr in zip(seeds(len(lrs)), lrs)]
 
 
 def close(params, theta, tol=1e-10):
@@ -84,7 +86,7 @@ def torch_optimizer_fed_g_z(L, theta, noise, make_optimizer):
 # ----------------------------------------------------------------------------- ZO-Bench family
 def test_mezo_method_is_the_mezo_update():
     _, params, loss_fn, L, theta = setup()
-    run(zm.build_method("mezo", params, eps=EPS, weight_decay=0.01), loss_fn, [0.05] * STEPS)
+    run(tiny.zo_build("mezo", params, eps=EPS, weight_decay=0.01), loss_fn, [0.05] * STEPS)
     fast = FastNoise()
     for s in seeds():
         z = fast.draw_z(theta, s)
@@ -95,7 +97,7 @@ def test_mezo_method_is_the_mezo_update():
 
 def test_sign_uses_the_sign_of_the_projected_gradient():
     _, params, loss_fn, L, theta = setup()
-    steps = run(zm.build_method("sign", params, eps=EPS, weight_decay=0.01), loss_fn, [0.02] * STEPS)
+    steps = run(tiny.zo_build("sign", params, eps=EPS, weight_decay=0.01), loss_fn, [0.02] * STEPS)
     fast = FastNoise()
     for s, st in zip(seeds(), steps):
         z = fast.draw_z(theta, s)
@@ -107,7 +109,7 @@ def test_sign_uses_the_sign_of_the_projected_gradient():
 
 def test_sign_elementwise_reading():
     _, params, loss_fn, L, theta = setup()
-    run(zm.build_method("sign", params, eps=EPS, weight_decay=0.01, elementwise=True), loss_fn, [0.02] * STEPS)
+    run(tiny.zo_build("sign", params, eps=EPS, weight_decay=0.01, elementwise=True), loss_fn, [0.02] * STEPS)
     noise = GaussianParamNoise()
     for s in seeds():
         z = noise.draw_z(theta, s)
@@ -119,10 +121,10 @@ def test_sign_elementwise_reading():
 def test_conservative_keeps_the_best_of_three():
     _, params, loss_fn, L, theta = setup()
     lrs = [3.0, 0.05, 8.0, 0.05, 20.0, 3.0, 40.0, 0.1]   # large steps get rejected or reversed
-    method = zm.build_method("conservative", params, eps=EPS)
+    method = tiny.zo_build("conservative", params, eps=EPS)
     fast, choices, got = FastNoise(), [], []
     for s, lr in zip(seeds(len(lrs)), lrs):
-        method.step(loss_fn, s, lr)
+        tiny.zo_step(method, loss_fn, s, lr)
         got.append(method.last_choice)
         z = fast.draw_z(theta, s)
         g = spsa(L, theta, z)
@@ -140,29 +142,29 @@ def test_conservative_keeps_the_best_of_three():
     close(params, theta)
     assert zm.ZOSGDConservative.forwards_per_step == 5
     with pytest.raises(ValueError, match="weight decay"):
-        zm.build_method("conservative", params, eps=EPS, weight_decay=0.1)
+        tiny.zo_build("conservative", params, eps=EPS, weight_decay=0.1)
 
 
 def test_momentum_equals_torch_sgd_fed_g_z():
     _, params, loss_fn, L, theta = setup()
-    method = zm.build_method("momentum", params, eps=EPS, weight_decay=0.01, momentum=0.9)
+    method = tiny.zo_build("momentum", params, eps=EPS, weight_decay=0.01, momentum=0.9)
     run(method, loss_fn, [0.05] * STEPS)
     ref = torch_optimizer_fed_g_z(L, theta, FastNoise(),
                                   lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=0.01))
     close(params, ref)
     # memory: one buffer per parameter, nothing else
     assert method.state_numel() == sum(p.numel() for p in params)
-    assert list(method.state_tensors()) == ["momentum_buffer"]
+    assert all(set(method.state[p]) == {"momentum_buffer"} for p in params)   # torch.optim.SGD's name
 
 
 def test_adam_equals_torch_adam_fed_g_z():
     _, params, loss_fn, L, theta = setup()
-    method = zm.build_method("adam", params, eps=EPS)
+    method = tiny.zo_build("adam", params, eps=EPS)
     run(method, loss_fn, [1e-2] * STEPS)
     ref = torch_optimizer_fed_g_z(L, theta, GaussianParamNoise(), lambda ps: torch.optim.Adam(ps, lr=1e-2))
     close(params, ref)
     assert method.state_numel() == 2 * sum(p.numel() for p in params)
-    assert method.k == STEPS
+    assert all(int(method.state[p]["step"]) == STEPS for p in params)
 
 
 # ----------------------------------------------------------------------------- HiZOO
@@ -170,7 +172,7 @@ def test_adam_equals_torch_adam_fed_g_z():
 def test_hizoo_matches_its_three_forward_rule(form):
     _, params, loss_fn, L, theta = setup()
     alpha, lr, wd = 0.3, 0.05, 0.01      # a large alpha, so the diagonal moves visibly in 6 steps
-    method = zm.build_method("hizoo", params, eps=EPS, weight_decay=wd, alpha=alpha, form=form)
+    method = tiny.zo_build("hizoo", params, eps=EPS, weight_decay=wd, alpha=alpha, form=form)
     calls = []
     counted = lambda: calls.append(1) or loss_fn()  # noqa: E731
     run(method, counted, [lr] * STEPS)
@@ -197,7 +199,7 @@ def test_hizoo_matches_its_three_forward_rule(form):
         theta = [t - lr * (g * zi * hf + wd * t) for t, zi, hf in zip(theta, z, half)]
     close(params, theta)
     # c = |l+ + l- - 2 l0| / (2 eps^2) divides loss rounding (1e-16) by eps^2 (1e-6)
-    close(method.diag, diag, tol=1e-8)
+    close([method.state[p][method.diag_key] for p in params], diag, tol=1e-8)
     assert not all(torch.allclose(d, torch.ones_like(d)) for d in diag)
     assert method.state_numel() == sum(p.numel() for p in params)
 
@@ -242,7 +244,7 @@ def _lozo_literal(L, theta, lr, rank, nu, beta1=None, n_steps=STEPS, wd=0.0):
 
 def test_lozo_low_rank_directions_and_update():
     _, params, loss_fn, L, theta = setup()
-    method = zm.build_method("lozo", params, eps=EPS, weight_decay=0.01, rank=2, nu=3)
+    method = tiny.zo_build("lozo", params, eps=EPS, weight_decay=0.01, rank=2, nu=3)
     run(method, loss_fn, [0.05] * 7)
     ref, _ = _lozo_literal(L, theta, 0.05, rank=2, nu=3, n_steps=7, wd=0.01)
     close(params, ref)
@@ -257,13 +259,13 @@ def test_lozo_low_rank_directions_and_update():
 
 def test_lozo_m_momentum_in_the_u_space():
     _, params, loss_fn, L, theta = setup()
-    method = zm.build_method("lozo_m", params, eps=EPS, rank=2, nu=3, beta1=0.9)
+    method = tiny.zo_build("lozo_m", params, eps=EPS, rank=2, nu=3, beta1=0.9)
     run(method, loss_fn, [0.05] * 8)                 # crosses two V resamplings (t = 3, 6)
     ref, mom = _lozo_literal(L, theta, 0.05, rank=2, nu=3, beta1=0.9, n_steps=8)
     close(params, ref)
-    close(method.mom, mom)
+    close([method.state[p]["momentum_buffer"] for p in params], mom)
     mats = [p for p in params if p.dim() == 2]
-    assert [tuple(m.shape) for m, p in zip(method.mom, params) if p.dim() == 2] == [(p.shape[0], 2) for p in mats]
+    assert [tuple(m.shape) for m, p in zip([method.state[p]["momentum_buffer"] for p in params], params) if p.dim() == 2] == [(p.shape[0], 2) for p in mats]
     assert method.state_numel() == (sum(p.shape[0] * 2 + p.shape[1] * 2 for p in mats)
                                     + sum(p.numel() for p in params if p.dim() == 1))
 
@@ -283,7 +285,7 @@ def _fzoo_literal(L, theta, lr, n, wd=0.0):
 
 def test_fzoo_sequential_and_batched():
     model, params, loss_fn, L, theta = setup()
-    method = zm.build_method("fzoo", params, eps=EPS, weight_decay=0.01, n=4)
+    method = tiny.zo_build("fzoo", params, eps=EPS, weight_decay=0.01, n=4)
     assert method.forwards_per_step == 5
     run(method, loss_fn, [1e-3] * STEPS)
     ref = _fzoo_literal(L, theta, 1e-3, 4, wd=0.01)
@@ -294,8 +296,8 @@ def test_fzoo_sequential_and_batched():
     # the batched evaluation (one vmapped forward for the N perturbed losses) gives the same numbers
     model2, params2, loss_fn2, _, _ = setup()
     names = [n for n, _ in model2.named_parameters()]
-    batched = zm.VmapLosses(names, lambda d: nn.functional.cross_entropy(functional_call(model2, d, (X,)), Y))
-    run(zm.build_method("fzoo", params2, eps=EPS, weight_decay=0.01, n=4, batched_losses=batched),
+    batched = VmapLosses(names, lambda d: nn.functional.cross_entropy(functional_call(model2, d, (X,)), Y))
+    run(tiny.zo_build("fzoo", params2, eps=EPS, weight_decay=0.01, n=4, batched_losses=batched),
         loss_fn2, [1e-3] * STEPS)
     close(params2, ref)
 
@@ -304,14 +306,14 @@ def test_fzoo_sequential_and_batched():
 def test_gradient_accumulation_equals_the_full_batch():
     _, full, loss_full, _, _ = setup()
     model, micro, _, _, _ = setup()
-    run(zm.build_method("mezo", full, eps=EPS, weight_decay=0.01), loss_full, [0.1] * STEPS)
+    run(tiny.zo_build("mezo", full, eps=EPS, weight_decay=0.01), loss_full, [0.1] * STEPS)
     parts, forwards = [], []
     for lo, hi in [(0, 4), (4, 8), (8, 11)]:                 # unequal micro-batches: 4, 4, 3
         def fn(lo=lo, hi=hi):
             forwards.append(hi - lo)
             return nn.functional.cross_entropy(model(X[lo:hi]), Y[lo:hi])
         parts.append((fn, hi - lo))
-    run(zm.build_method("mezo", micro, eps=EPS, weight_decay=0.01), zm.accumulated_loss(parts), [0.1] * STEPS)
+    run(tiny.zo_build("mezo", micro, eps=EPS, weight_decay=0.01), accumulated_loss(parts), [0.1] * STEPS)
     close(micro, full, tol=1e-12)
     assert max(forwards) == 4 and len(forwards) == 3 * 2 * STEPS   # one micro-batch at a time
 
@@ -321,21 +323,21 @@ def test_gradient_accumulation_equals_the_full_batch():
                                      ("lozo", {"rank": 2, "nu": 3}), ("lozo_m", {"rank": 2, "nu": 3})])
 def test_state_dict_resumes_exactly(name, hp):
     _, params, loss_fn, _, _ = setup()
-    a = zm.build_method(name, params, eps=EPS, **hp)
+    a = tiny.zo_build(name, params, eps=EPS, **hp)
     ss = seeds(7)
     for s in ss[:4]:
-        a.step(loss_fn, s, 0.01)
-    state, saved = a.state_dict(), [p.detach().clone() for p in params]
+        tiny.zo_step(a, loss_fn, s, 0.01)
+    state, saved = copy.deepcopy(a.state_dict()), [p.detach().clone() for p in params]   # torch: references
     for s in ss[4:]:
-        a.step(loss_fn, s, 0.01)
+        tiny.zo_step(a, loss_fn, s, 0.01)
     _, params_b, loss_b, _, _ = setup()
     with torch.no_grad():
         for p, v in zip(params_b, saved):
             p.copy_(v)
-    b = zm.build_method(name, params_b, eps=EPS, **hp)
+    b = tiny.zo_build(name, params_b, eps=EPS, **hp)
     b.load_state_dict(state)
     for s in ss[4:]:
-        b.step(loss_b, s, 0.01)
+        tiny.zo_step(b, loss_b, s, 0.01)
     close(params_b, [p.detach() for p in params], tol=0)
 
 
@@ -357,17 +359,17 @@ def test_param_noise_passes_apply_draw_z():
 def test_bad_hyperparameters_are_refused():
     _, params, _, _, _ = setup()
     with pytest.raises(ValueError, match="unknown zo method"):
-        zm.build_method("nope", params, eps=EPS)
+        tiny.zo_build("nope", params, eps=EPS)
     with pytest.raises(ValueError, match="N >= 2"):
-        zm.build_method("fzoo", params, eps=EPS, n=1)
+        tiny.zo_build("fzoo", params, eps=EPS, n=1)
     with pytest.raises(ValueError, match="Rademacher"):
-        zm.build_method("fzoo", params, eps=EPS, noise=FastNoise())
+        tiny.zo_build("fzoo", params, eps=EPS, noise=FastNoise())
     with pytest.raises(ValueError, match="per-parameter"):
-        zm.build_method("adam", params, eps=EPS, noise=FastNoise())
+        tiny.zo_build("adam", params, eps=EPS, noise=FastNoise())
     with pytest.raises(ValueError, match="nu"):
-        zm.build_method("lozo", params, eps=EPS, nu=0)
+        tiny.zo_build("lozo", params, eps=EPS, nu=0)
     with pytest.raises(ValueError, match="lozo_m"):
-        zm.build_method("lozo", params, eps=EPS, beta1=0.9)
+        tiny.zo_build("lozo", params, eps=EPS, beta1=0.9)
 
 
 # ----------------------------------------------------------------------------- tiny RoBERTa
@@ -402,7 +404,7 @@ def test_methods_run_on_tiny_roberta(tiny_roberta_dir, name, hp):
     mlm, params = _tiny_mlm(tiny_roberta_dir)
     before = [p.detach().clone() for p in params]
     loss_fn = _mlm_loss(mlm, 0, 12)
-    method = zm.build_method(name, params, eps=EPS, **hp)
+    method = tiny.zo_build(name, params, eps=EPS, **hp)
     steps = run(method, loss_fn, [1e-4] * 3)
     assert all(not s.skipped and math.isfinite(s.loss_plus) for s in steps)
     assert all(not torch.equal(p, b) for p, b in zip(params, before))
@@ -413,9 +415,9 @@ def test_gradient_accumulation_on_tiny_roberta(tiny_roberta_dir):
     """Micro-batches of 5 and 7 (padded to their own widths) give the full batch-12 MeZO update."""
     mlm_a, full = _tiny_mlm(tiny_roberta_dir)
     mlm_b, micro = _tiny_mlm(tiny_roberta_dir)
-    run(zm.build_method("mezo", full, eps=EPS), _mlm_loss(mlm_a, 0, 12), [1e-3] * 2)
+    run(tiny.zo_build("mezo", full, eps=EPS), _mlm_loss(mlm_a, 0, 12), [1e-3] * 2)
     parts = [(_mlm_loss(mlm_b, 0, 5), 5), (_mlm_loss(mlm_b, 5, 12), 7)]
-    run(zm.build_method("mezo", micro, eps=EPS), zm.accumulated_loss(parts), [1e-3] * 2)
+    run(tiny.zo_build("mezo", micro, eps=EPS), accumulated_loss(parts), [1e-3] * 2)
     close(micro, [p.detach() for p in full], tol=1e-12)
 
 
@@ -429,10 +431,10 @@ def test_fzoo_batched_forward_on_tiny_roberta(tiny_roberta_dir):
     def loss_of(d):
         out = functional_call(mlm, d, (), {"input_ids": ids, "attention_mask": mask})
         return nn.functional.cross_entropy(out.logits[:, 2][:, [10, 20]], labels)
-    method = zm.build_method("fzoo", params, eps=EPS, n=4)
+    method = tiny.zo_build("fzoo", params, eps=EPS, n=4)
     seeds_ = method.direction_seeds(5)
     with torch.no_grad():
         sequential = method._perturbed_losses(lambda: loss_of({}), seeds_)
-    batched = zm.VmapLosses(names, loss_of)(method.noise, params, seeds_, EPS)
+    batched = VmapLosses(names, loss_of)(method.noise, params, seeds_, EPS)
     assert batched == pytest.approx(sequential, rel=1e-12, abs=0)
     assert len(set(batched)) == 4

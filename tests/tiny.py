@@ -133,3 +133,18 @@ def resume_and_compare(ref, out, log, argv):
                 "train_loss", "dev_curve", "best_dev_step", "global_step", "train_loss_curve"):
         assert key in rec and rec[key] == ref["record"][key], key
     return rec
+
+
+# ----------------------------------------------------------------------------- zeroth-order optimizers
+def zo_build(name, params, **kw):
+    """A zeroth-order optimizer of mezo.zo by name, lr 0 until zo_step sets it."""
+    from mezo.zo.methods import build
+    return build(name, params, **{"lr": 0.0, **kw})
+
+
+def zo_step(opt, closure, seed, lr):
+    """One step with this seed and learning rate (every group); returns the ZOStep."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.step(closure, seed=seed)
+    return opt.last

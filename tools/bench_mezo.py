@@ -26,7 +26,7 @@ on the same model and batch shape, and the start-up of a real run.py process (`s
 the peak memory of a forward and of a default (and a cached) step, each in a fresh child
 process (see below).
 
-With --methods, each zeroth-order method of --zo_method (mezo.zo_methods.build_method on all the
+With --methods, each zeroth-order method of --zo_method (mezo.zo.methods.build on all the
 trainable parameters, the methods' default hyper-parameters: FZOO N=8, LOZO rank 4 / nu 50, ...)
 joins the interleaved timings, and its peak memory over two steps is measured in its own child
 process. Its step_over_2fwd is the step's time over two of its own forwards (its forward time
@@ -105,7 +105,7 @@ def parse_methods(ap, text):
     """--methods: [] when not given, every method for 'all', else the listed ones (checked, in order)."""
     if text is None:
         return []
-    from mezo.zo.methods import METHODS
+    from mezo.zo.methods import OPTIMIZERS as METHODS
     names = list(METHODS) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
     bad = [n for n in names if n not in METHODS]
     if bad or not names:
@@ -116,8 +116,8 @@ def parse_methods(ap, text):
 
 def build_method(name, params):
     """One --zo_method on the trainable parameters, with the method's default hyper-parameters."""
-    from mezo.zo.methods import build_method as build
-    return build(name, params, eps=EPS)
+    from mezo.zo.methods import build
+    return build(name, params, lr=LR, eps=EPS)
 
 
 # ---------------------------------------------------------------------------- model and batch
@@ -244,7 +244,7 @@ def child_memory(args, what):
     method = build_method(what.split(":", 1)[1], params) if what.startswith("method:") else None
     for s in range(2):   # the second call sees steady-state buffers (thread pool, caches)
         if method is not None:
-            method.step(loss_fn, s, LR)
+            method.step(loss_fn, seed=s)
         elif what == "fwd":
             loss_fn()
         elif what == "reference":
@@ -351,7 +351,7 @@ def main(argv=None):
         variants["default_bf16"] = lambda: zo.mezo_step(params, zo_loss_bf16, eng, next(seeds), eps=EPS, lr=LR)
     methods = {name: build_method(name, params) for name in args.methods}
     for name, m in methods.items():
-        variants["method:" + name] = lambda m=m: m.step(zo_loss, next(seeds), LR)
+        variants["method:" + name] = lambda m=m: m.step(zo_loss, seed=next(seeds))
     times, cpu = {k: [] for k in variants}, {k: [] for k in variants}
     own, own_cpu = {k: [] for k in variants}, {k: [] for k in variants}   # step / its own 2 fwd
     per_fwd, n_fwd = {k: [] for k in variants}, {k: [] for k in variants}   # step / 2 of its own fwd; fwd count

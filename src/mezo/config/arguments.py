@@ -25,7 +25,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from mezo.config import ranges
 from mezo.errors import UsageError
 from mezo.zo.ablations import SAMPLE_SCHEDULERS, VARIANTS
-from mezo.zo.methods import METHODS as ZO_METHODS
+from mezo.zo.methods import OPTIMIZERS as ZO_METHODS
 
 
 # Field metadata key: the flag defines the run, so a checkpoint written with another value is not

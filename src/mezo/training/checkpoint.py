@@ -55,7 +55,8 @@ META = "meta.json"
 TRAINER_STATE = "trainer_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 _LEFTOVER = re.compile(r"^\.(tmp|trash)-checkpoint-\d+")
-FORMAT = 1
+# 2: the zeroth-order optimizer's state (seed stream, method state) is in the stock optimizer.pt
+FORMAT = 2
 
 # ----- finding checkpoints ----------------------------------------------------------------------
 def step_of(path: str):
@@ -93,6 +94,9 @@ def damage(path: str):
         meta = read_meta(path)
     except (OSError, ValueError) as e:
         return f"unreadable {META} ({str(e).splitlines()[0]})"
+    if isinstance(meta, dict) and isinstance(meta.get("format"), int) and meta["format"] != FORMAT:
+        return (f"checkpoint format {meta['format']}, this version reads {FORMAT} (written by an older "
+                "version: restart the run)")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         return f"{META} is not a format-{FORMAT} checkpoint description"
     step = step_of(path)
@@ -162,7 +166,7 @@ def check_compatible(path: str, *groups) -> dict:
         raise UsageError(f"--resume_from_checkpoint {path}: unreadable {META} ({e})")
     if meta.get("format") != FORMAT:
         raise UsageError(f"--resume_from_checkpoint {path}: checkpoint format {meta.get('format')!r}, "
-                         f"this version reads {FORMAT}")
+                         f"this version reads {FORMAT} (written by an older version: restart the run)")
     now = args_fingerprint(*groups)
     for name, value in meta.get("args", {}).items():
         if name in now and now[name] != value:

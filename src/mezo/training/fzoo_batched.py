@@ -8,7 +8,7 @@ its training loop (``trainer.py::zo_step``) still evaluates the N losses one for
 
 Here the same N losses come from ``torch.func.vmap`` over N stacked copies of the trainable
 parameters, theta + eps u_i with u_i drawn from the step's seeds exactly as the sequential loop
-draws them (``zo_methods.VmapLosses``), through ``torch.func.functional_call`` of the unchanged
+draws them (``mezo.zo.losses.VmapLosses``), through ``torch.func.functional_call`` of the unchanged
 model and the Trainer's own loss: any model vmap can batch, the same update up to float rounding.
 
 Guard: ``functional_call`` swaps parameters where modules look them up; code that keeps its own
@@ -32,7 +32,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from mezo.training import distributed
-from mezo.zo.methods import VmapLosses
+from mezo.zo.losses import VmapLosses
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class Batcher:
 
 
 class BatchedLoss:
-    """A loss_fn with ``perturbed_losses`` (read by zo_methods.FZOO and zo_methods.accumulated_loss)."""
+    """A loss_fn with ``perturbed_losses`` (read by mezo.zo.methods.FZOO and mezo.zo.losses.accumulated_loss)."""
 
     def __init__(self, batcher: Batcher, loss_fn, model_loss, size: int):
         self.batcher, self.loss_fn, self.size = batcher, loss_fn, int(size)

@@ -1,20 +1,21 @@
 """The Hugging Face Trainer, extended at its public seams for MeZO and for best-dev model selection.
 
-Back-propagation (the paper's FT rows) is the stock training loop untouched. MeZO replaces only
-`training_step`: two forward passes around an in-place, seeded perturbation (src/mezo/zo.py), and
-the update applied there; the optimizer the loop then steps is a parameter-less placeholder that
-only carries the learning rate for the scheduler. The loop, logging, progress bar and stopping
-are the stock ones, so exactly `max_steps` updates happen. What a ZO run carries between steps is
-`self.zo_run` (src/mezo/zo_run.py); the callbacks own their state (src/mezo/callbacks.py).
+Back-propagation (the paper's FT rows) is the stock training loop untouched. For MeZO,
+`create_optimizer` returns the zeroth-order optimizer of --zo_method (a `torch.optim.Optimizer`,
+``mezo.zo.methods``), so the stock scheduler sets its learning rate and the stock checkpoint
+carries its state, and `training_step` builds the closure and calls `optimizer.step(closure)`.
+The loop's own `optimizer.step()` that follows is then a no-op. Logging, progress bar and
+stopping are the stock ones, so exactly `max_steps` updates happen. What a ZO run is made of is
+`self.zo_run` (``mezo.training.zo_run``); the callbacks own their state (``mezo.training.callbacks``).
 
-With `--zero_order_use_trainer_optim` (ablations, src/mezo/zo_ablations.py) `training_step` instead
-adds the SPSA estimate to `.grad` and the stock optimizer, scheduler, accumulation and (only with
-`--zero_order_clip_grad`) clipping do the rest.
+With `--zero_order_use_trainer_optim` the optimizer is the stock one and `training_step` adds the
+SPSA estimate to `.grad` instead (``mezo.zo.estimator.SPSAGradient``); the stock scheduler,
+accumulation and (only with `--zero_order_clip_grad`) clipping do the rest.
 
 Public seams used: `training_step`, `create_optimizer`, `get_optimizer_cls_and_kwargs`,
 `get_decay_parameter_names`, `get_train_dataloader`, `log`, callbacks and `model_wrapped`. The two
-private ones (checkpoint save and resume) are in src/mezo/hf_private.py, with every other private
-name used.
+private ones (checkpoint save and resume) are in ``mezo.training.hf_private``, with every other
+private name used.
 """
 import logging
 import math
@@ -27,9 +28,8 @@ from mezo.training import checkpoint
 from mezo.training import distributed
 from mezo.training import hf_private
 from mezo.training import monitor
-from mezo.zo import step as zo
 from mezo.zo import ablations as zo_ablations
-from mezo.zo import methods as zo_methods
+from mezo.zo.losses import accumulated_loss
 from mezo.training.callbacks import BestDevCallback, DataOrder
 from mezo.data.datasets import original_train_sampler
 from mezo.training.original_adamw import OriginalAdamW
@@ -39,19 +39,7 @@ from mezo.training.zo_run import ZORun
 logger = logging.getLogger(__name__)
 
 
-class LearningRateHolder(torch.optim.Optimizer):
-    """A stateless optimizer: MeZO updates inside training_step; this only holds the lr."""
-
-    def __init__(self, lr):
-        super().__init__([torch.zeros(0)], {"lr": lr})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        return None
-
-
-# The original's weight-decay exemption for its torch optimizers (spec §5.1): a case-sensitive
-# substring test, so RoBERTa's `lm_head.layer_norm.weight` IS decayed.
+# The original's weight-decay exemption for its torch optimizers: a case-sensitive substring test, so RoBERTa's `lm_head.layer_norm.weight` IS decayed.
 ORIGINAL_NO_DECAY = ("bias", "LayerNorm.weight")
 
 
@@ -95,11 +83,6 @@ class MezoTrainer(hf_private.CheckpointSeams):
         """The direct MeZO path: the update happens inside `training_step`."""
         return self.args.zero_order_optim and not self.args.zero_order_use_trainer_optim
 
-    @property
-    def zo_trainer(self) -> bool:
-        """--zero_order_use_trainer_optim: the ZO estimate goes to .grad, the stock optimizer updates."""
-        return self.args.zero_order_optim and self.args.zero_order_use_trainer_optim
-
     def get_train_dataloader(self):
         """The original's data order (``data.original_train_sampler``; accelerate's seedable sampler
         would instead reseed every epoch with seed + epoch). Several processes: the stock loader."""
@@ -125,10 +108,11 @@ class MezoTrainer(hf_private.CheckpointSeams):
         return [n for n, _ in model.named_parameters() if not any(nd in n for nd in ORIGINAL_NO_DECAY)]
 
     def create_optimizer(self, model=None):
+        """The zeroth-order optimizer on the direct MeZO path (``mezo.training.zo_run``), else the stock one."""
         if not self.zo:
             return super().create_optimizer(model)
         if self.optimizer is None:
-            self.optimizer = LearningRateHolder(self.args.learning_rate)
+            self.optimizer = self.zo_run.optimizer
         return self.optimizer
 
     # ----- the training step ------------------------------------------------------------------
@@ -138,20 +122,34 @@ class MezoTrainer(hf_private.CheckpointSeams):
             self.pending_loop_counters = None
         if not self.args.zero_order_optim:
             return super().training_step(model, inputs, num_items_in_batch)
+        return self.zo_training_step(model, inputs)
+
+    def zo_training_step(self, model, inputs) -> torch.Tensor:
+        """One zeroth-order update in eval mode (dropout off), without autograd: the closure is the
+        batch's loss (with --gradient_accumulation_steps n on the direct path: the update's n
+        micro-batches, so it runs at the last one); the optimizer steps with it, or the estimator
+        writes .grad for the stock optimizer the loop steps next."""
         model.eval()
         inputs = hf_private.prepare_inputs(self, inputs)
-        if self.zo_trainer:
-            return self.zo_trainer_step(model, inputs)
-        if self.zo_run.ab is not None:
-            return self.zo_ablation_direct_step(model, inputs)
-        loss_fn = self.zo_update_loss(model, inputs)
-        if loss_fn is None:   # a micro-batch kept for the update's loss (--gradient_accumulation_steps)
+        closure = self.zo_closure(model, inputs)
+        if closure is None:   # a micro-batch kept for the update's loss
             return torch.tensor(0.0, device=self.args.device)
-        run, lr = self.zo_run, hf_private.learning_rate(self)
-        if run.method is not None:
-            return self.zo_logged_loss(run.method.step(loss_fn, run.next_seed(), lr))
-        return self.zo_logged_loss(zo.mezo_step(run.params, loss_fn, run.noise, run.next_seed(),
-                                                eps=self.args.zero_order_eps, lr=lr, weight_decay=run.decay))
+        run, step = self.zo_run, self.state.global_step
+        run.before_step(closure, lambda: self.loss_with_grad(model, inputs), step)
+        if run.estimator is not None:
+            accum, skipped = self.accumulation_steps(), run.estimator.skipped
+            loss = run.estimator.backward(closure, global_step=step, max_steps=self.state.max_steps,
+                                          grad_accum=accum)
+            run.skipped += run.estimator.skipped - skipped
+            run.after_update(step + 1, self.state.max_steps)
+            return torch.tensor(loss / accum, device=self.args.device)
+        run.optimizer.step(closure)
+        return self.zo_logged_loss(run.optimizer.last)
+
+    def loss_with_grad(self, model, inputs) -> torch.Tensor:
+        """The loss with autograd (--zo_variant grad_norm's block constants)."""
+        with self.compute_loss_context_manager():
+            return self.compute_loss(model, inputs)
 
     def zo_model_loss(self, model, inputs) -> torch.Tensor:
         """The objective of one forward, without autograd (--fzoo_batched calls it under vmap)."""
@@ -171,23 +169,25 @@ class MezoTrainer(hf_private.CheckpointSeams):
     def accumulation_steps(self) -> int:
         return max(1, int(getattr(self, "current_gradient_accumulation_steps", 1) or 1))
 
-    def zo_update_loss(self, model, inputs):
-        """The loss of this update: one batch, or with --gradient_accumulation_steps n the size-weighted
-        mean of the update's n micro-batch losses under the same perturbation (one seed), i.e. the
-        full-batch loss with one micro-batch's activations. None until the last micro-batch arrives."""
+    def zo_closure(self, model, inputs):
+        """The closure of this update: one batch's loss, or on the direct path with
+        --gradient_accumulation_steps n the size-weighted mean of the update's n micro-batch losses
+        under the same perturbation (one seed), i.e. the full-batch loss with one micro-batch's
+        activations; None until the last micro-batch arrives. The estimator path estimates per
+        micro-batch (the original's accumulation of .grad)."""
         n = self.accumulation_steps()
-        if n == 1 and not self.zo_micro:
+        if self.zo_run.estimator is not None or (n == 1 and not self.zo_micro):
             return self.zo_batch_loss(model, inputs)
         self.zo_micro.append(inputs)
         if len(self.zo_micro) < n:
             return None
         parts = [(self.zo_batch_loss(model, b), len(b["input_ids"])) for b in self.zo_micro]
         self.zo_micro = []
-        return zo_methods.accumulated_loss(parts)
+        return accumulated_loss(parts)
 
     def zo_batch_loss(self, model, inputs):
         """One batch's loss_fn; with --fzoo_batched it also gives FZOO's N perturbed losses in one
-        vmapped forward of the unwrapped model (src/mezo/fzoo_batched.py)."""
+        vmapped forward of the unwrapped model (``mezo.training.fzoo_batched``)."""
         loss_fn = lambda: self.zo_forward(model, inputs)  # noqa: E731
         if self.zo_run.batched is None:
             return loss_fn
@@ -202,36 +202,6 @@ class MezoTrainer(hf_private.CheckpointSeams):
                            self.state.global_step, step.loss_plus, step.loss_minus)
         self.zo_run.after_update(self.state.global_step + 1, self.state.max_steps)
         return torch.tensor(float("nan") if step.skipped else step.loss_plus, device=self.args.device)
-
-    def zo_block_constants(self, model, inputs):
-        """--zo_variant: (re)compute the block constants on this batch when an epoch starts."""
-        def with_grad():
-            with self.compute_loss_context_manager():
-                return self.compute_loss(model, inputs)
-        self.zo_run.ab.maybe_consts(lambda: self.zo_forward(model, inputs), with_grad, self.zo_run.next_seed)
-
-    def zo_ablation_direct_step(self, model, inputs):
-        """Direct MeZO update with --layer_wise_optim / --zo_variant (src/mezo/zo_ablations.py)."""
-        self.zo_block_constants(model, inputs)
-        run = self.zo_run
-        step = run.ab.direct_step(lambda: self.zo_forward(model, inputs), seed=run.next_seed(),
-                                  lr=hf_private.learning_rate(self), weight_decay=run.decay,
-                                  global_step=self.state.global_step)
-        return self.zo_logged_loss(step)
-
-    def zo_trainer_step(self, model, inputs):
-        """--zero_order_use_trainer_optim: SPSA pair(s) in eval mode without autograd, theta restored
-        after each, g z / (grad_accum n) added to .grad; the stock loop clips (only with
-        --zero_order_clip_grad), steps the optimizer and the scheduler and zeroes the grads."""
-        self.zo_block_constants(model, inputs)
-        run, accum = self.zo_run, self.accumulation_steps()
-        skipped = run.ab.skipped
-        loss = run.ab.accumulate_step(lambda: self.zo_forward(model, inputs), run.next_seed,
-                                      global_step=self.state.global_step,
-                                      max_steps=self.state.max_steps, grad_accum=accum)
-        run.skipped += run.ab.skipped - skipped
-        run.after_update(self.state.global_step + 1, self.state.max_steps)
-        return torch.tensor(loss / accum, device=self.args.device)
 
     def log(self, logs, *args, **kwargs):
         """Training logs carry the MeZO step's own scalars to every --report_to integration (src/mezo/monitor.py)."""

@@ -1,25 +1,26 @@
-"""What a MeZO run carries from one step to the next, in one object the checkpoint saves whole.
+"""What a zeroth-order run is made of: its optimizer (or gradient estimator), ablations and counters.
 
-`ZORun` holds the trainable parameters and their weight decays, the generator of step seeds
-(seeded by --seed, one draw per update, as the reference), the noise backend, the --zo_method
-or ablation object and the counters (forward passes, skipped updates). It is also the callback
-that acts on them at the loop's public events: block constants are scheduled when an epoch
+`ZORun` builds, from the arguments, the zeroth-order optimizer of --zo_method over param groups
+(contiguous runs of the model's trainable parameters with equal weight decay, block and layer
+set, so z is drawn over the same list as an ungrouped step), or with
+--zero_order_use_trainer_optim the `SPSAGradient` estimator for the stock optimizer. The step
+seeds come from the optimizer's (or estimator's) stream, seeded by --seed. It is also the
+callback that acts at the loop's public events: block constants are scheduled when an epoch
 starts and training stops past --max_zo_forward_steps. The skip limit and the replica sync check
-run inside the step (`after_update`), so nothing reaches back into the trainer.
+run after each update (`after_update`), so nothing reaches back into the trainer.
 """
 import logging
 import math
 
-import numpy as np
-import torch
 from transformers import TrainerCallback
 
+from mezo.errors import TrainingDiverged
 from mezo.training import distributed
 from mezo.training import fzoo_batched
-from mezo.zo import step as zo
 from mezo.zo import ablations as zo_ablations
-from mezo.zo import methods as zo_methods
-from mezo.errors import TrainingDiverged
+from mezo.zo.backend import FastNoise
+from mezo.zo.estimator import SPSAGradient
+from mezo.zo.methods import OPTIMIZERS
 
 logger = logging.getLogger(__name__)
 
@@ -39,24 +40,20 @@ def skip_limit(value, max_steps):
     return int(value)
 
 
-def zo_method_kwargs(a) -> dict:
-    """The hyper-parameters of --zo_method, from its flags (named after the papers' symbols)."""
-    return {"sign": dict(elementwise=a.zo_sign_elementwise), "momentum": dict(momentum=a.zo_momentum),
-            "adam": dict(beta1=a.adam_beta1, beta2=a.adam_beta2, adam_eps=a.adam_epsilon),
-            "hizoo": dict(alpha=a.hizoo_alpha, form=a.hizoo_form), "lozo": dict(rank=a.lozo_rank, nu=a.lozo_nu),
-            "lozo_m": dict(rank=a.lozo_rank, nu=a.lozo_nu, beta1=a.lozo_beta1),
-            "fzoo": dict(n=a.fzoo_n)}.get(a.zo_method, {})
+def method_hyper(args, method) -> dict:
+    """The method's hyper-parameters from their flags (declared once, in the method's ``hyper``)."""
+    return {k: getattr(args, hp.flag) for k, hp in method.hyper.items()}
 
 
-def random_state_to_tensors(rs: np.random.RandomState) -> list:
-    """A NumPy generator's state in a form `torch.load(weights_only=True)` accepts."""
-    name, keys, pos, has_gauss, cached = rs.get_state(legacy=True)
-    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
-
-
-def set_random_state(rs: np.random.RandomState, state) -> None:
-    name, keys, pos, has_gauss, cached = state
-    rs.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+def contiguous_groups(named, keys) -> list:
+    """Param groups: maximal runs of consecutive parameters with equal keys, in model order."""
+    groups = []
+    for (_, p), key in zip(named, keys):
+        if groups and groups[-1][1] == key:
+            groups[-1][0].append(p)
+        else:
+            groups.append(([p], key))
+    return [{"params": ps, **key} for ps, key in groups]
 
 
 class ZORun(TrainerCallback):
@@ -66,27 +63,43 @@ class ZORun(TrainerCallback):
         a = self.args = args
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
-        self.decay = [0.0 if a.zo_no_decay_bias_norm and no_decay(n) else a.weight_decay for n, _ in named]
-        self.seeds = np.random.RandomState(a.seed)
         self.skipped = self.forwards = 0
         self.epochs = 0
-        self.noise = zo.default_noise(cache_z=a.zo_store_z)
-        # --zo_method: a method that followed MeZO, on the same step (src/mezo/zo_methods.py)
-        self.method = None if a.zo_method == "mezo" else zo_methods.build_method(
-            a.zo_method, self.params, eps=a.zero_order_eps, weight_decay=self.decay, **zo_method_kwargs(a))
+        noise = FastNoise(cache_z=a.zo_store_z) if a.zo_method == "mezo" else None   # others: the method's own
+        self.ab = None   # layer selection / block scaling / zo_by_layer (mezo.zo.ablations; MeZO only)
+        if a.zero_order_use_trainer_optim or zo_ablations.needs_state(a):
+            layers = getattr(getattr(model, "config", None), "num_hidden_layers", 1)
+            self.ab = zo_ablations.ZOAblation(named, layers, a, noise)
+        self.optimizer = self.estimator = None
+        if a.zero_order_use_trainer_optim:   # .grad for the stock optimizer
+            self.estimator = SPSAGradient(self.params, a.zero_order_eps, samples=a.zero_order_sample,
+                                          scheduler=a.zero_order_sample_scheduler,
+                                          scale_lr_with_samples=a.scale_lr_with_samples, seed=a.seed,
+                                          noise=noise, blocks=self.ab)
+        else:
+            method = OPTIMIZERS[a.zo_method]
+            keys = [{"weight_decay": 0.0 if a.zo_no_decay_bias_norm and no_decay(n) else a.weight_decay,
+                     **(self.ab.group_key(i) if self.ab is not None else {})} for i, (n, _) in enumerate(named)]
+            self.optimizer = method(contiguous_groups(named, keys), lr=a.learning_rate, eps=a.zero_order_eps,
+                                    seed=a.seed, noise=noise, **method_hyper(a, method))
         self.batched = None   # --fzoo_batched: FZOO's N perturbed losses in one vmapped forward
         if a.zo_method == "fzoo" and a.fzoo_batched:
             self.batched = fzoo_batched.for_run(model, named, a.fzoo_n, self.count_forwards)
-        self.ab = None   # layer selection / block scaling / trainer-optimizer path (src/mezo/zo_ablations.py)
-        if a.zero_order_use_trainer_optim or zo_ablations.needs_state(a):
-            layers = getattr(getattr(model, "config", None), "num_hidden_layers", 1)
-            self.ab = zo_ablations.ZOAblation(named, layers, a, self.noise)
 
     def count_forwards(self, k: int) -> None:
         self.forwards += k
 
     def next_seed(self) -> int:
-        return int(self.seeds.randint(1_000_000_000))
+        """The next step seed of the run's one stream (the optimizer's or the estimator's)."""
+        return (self.optimizer or self.estimator).next_seed()
+
+    def before_step(self, loss_fn, loss_with_grad, global_step: int) -> None:
+        """Ablations: block constants when an epoch starts; the groups this direct step perturbs."""
+        if self.ab is None:
+            return
+        self.ab.maybe_consts(loss_fn, loss_with_grad, self.next_seed)
+        if self.optimizer is not None:
+            self.ab.configure(self.optimizer, global_step)
 
     def after_update(self, step: int, max_steps: int) -> None:
         """After update `step`: stop past --zo_max_skipped_steps; every --zo_check_sync_steps compare
@@ -117,25 +130,17 @@ class ZORun(TrainerCallback):
             control.should_training_stop = True
             control.should_evaluate = False
 
-    # ----- checkpoints -------------------------------------------------------------------------
+    # ----- checkpoints (the optimizer's state is the stock optimizer.pt) ------------------------
     def state_dict(self) -> dict:
-        return {"zo_seeds": random_state_to_tensors(self.seeds),
-                "counters": {"zo_skipped": self.skipped, "zo_forwards": self.forwards},
-                "zo_ab": self.ab.state_dict() if hasattr(self.ab, "state_dict") else None,
-                # --zo_method's own state (momentum, Adam moments, HiZOO's Sigma, LOZO's V seeds)
-                "zo_method": self.method.state_dict() if self.method is not None else None}
+        return {"counters": {"zo_skipped": self.skipped, "zo_forwards": self.forwards},
+                "estimator": self.estimator.state_dict() if self.estimator is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("zo_seeds") is not None:
-            set_random_state(self.seeds, state["zo_seeds"])
-        counters = state.get("counters", {})
-        self.skipped = int(counters.get("zo_skipped", 0))
-        self.forwards = int(counters.get("zo_forwards", 0))
-        if state.get("zo_method") is not None:
-            self.method.load_state_dict(state["zo_method"])
+        counters = state["counters"]
+        self.skipped = int(counters["zo_skipped"])
+        self.forwards = int(counters["zo_forwards"])
+        if self.estimator is not None:
+            self.estimator.load_state_dict(state["estimator"])
         if self.ab is not None:
-            if state.get("zo_ab") is not None and hasattr(self.ab, "load_state_dict"):
-                self.ab.load_state_dict(state["zo_ab"])
-            else:
-                logger.warning("resuming a MeZO ablation run whose ablation state is not checkpointed: "
-                               "the continuation may differ from an uninterrupted run")
+            logger.warning("resuming a MeZO ablation run whose ablation state is not checkpointed: "
+                           "the continuation may differ from an uninterrupted run")

@@ -181,8 +181,7 @@ class ZOAblation:
         self.blocks = assign_blocks(self.names, self.keys)
         self.numels = block_numels(self.params, self.blocks)
         self.consts: Dict[str, float] = {}
-        self.need_consts = False   # set at epoch starts (zo_run.ZORun.on_epoch_begin)
-        self.skipped = 0
+        self.need_consts = False   # set at epoch starts (mezo.training.zo_run.ZORun.on_epoch_begin)
 
     # --- bookkeeping
     @property
@@ -236,52 +235,51 @@ class ZOAblation:
             return layer_wise_indices(self.names, global_step, self.num_layers)
         return list(range(len(self.params)))
 
-    # --- the two paths
-    def direct_step(self, loss_fn, *, seed: int, lr: float, weight_decay: Sequence[float],
-                    global_step: int) -> zo.ZOStep:
-        idx = self.selected(global_step)
-        pert = [self.pert_factor(self.blocks[i]) if self.uses_consts else 1.0 for i in idx]
-        upd = [self.grad_factor(self.blocks[i], direct=True) if self.uses_consts else 1.0 for i in idx]
-        return zo.mezo_step([self.params[i] for i in idx], loss_fn, self.noise, seed, eps=self.args.zero_order_eps,
-                            lr=lr, weight_decay=[weight_decay[i] for i in idx], pert=pert, upd=upd)
+    # --- the direct path: the optimizer's param groups
+    def group_key(self, i: int) -> dict:
+        """What sets parameter i apart in the optimizer: its block (--zo_variant) and the layers that
+        select it (--layer_wise_optim). Parameters with equal keys and weight decay share a group."""
+        key = {}
+        if self.uses_consts:
+            key["block"] = self.blocks[i]
+        if self.args.layer_wise_optim:
+            key["layers"] = tuple(k for k in range(self.num_layers) if f".{k}." in self.names[i])
+        return key
 
-    @torch.no_grad()
-    def accumulate_step(self, loss_fn, next_seed: Callable[[], int], *, global_step: int,
-                        max_steps: int, grad_accum: int) -> float:
-        """Trainer-optimizer path: add the n-SPSA estimate to ``.grad``; theta is left unchanged.
+    def configure(self, optimizer, global_step: int) -> None:
+        """Before a direct step: which groups this step perturbs (layer k = step mod L) and their
+        block scales in the perturbation and the update."""
+        k = global_step % self.num_layers
+        for g in optimizer.param_groups:
+            if self.args.layer_wise_optim:
+                g["active"] = k in g["layers"]
+            if self.uses_consts:
+                g["pert"] = self.pert_factor(g["block"])
+                g["upd"] = self.grad_factor(g["block"], direct=True)
 
-        Returns the mean loss+ over the pairs (nan if none was finite).
-        """
-        a = self.args
-        eps = a.zero_order_eps
-        n = num_samples(a.zero_order_sample_scheduler, a.zero_order_sample, global_step, max_steps)
-        div = grad_accum * (1 if a.scale_lr_with_samples else n)
+    # --- the trainer-optimizer path: the pairs of mezo.zo.estimator.SPSAGradient
+    def pairs(self, global_step: int) -> List[tuple]:
+        """[(block key or None, parameter indices)]: one SPSA pair over the selected parameters, or
+        with --zo_by_layer one per block (the unblocked ones last)."""
         idx = self.selected(global_step)
-        if a.zo_by_layer:
-            groups = block_members(self.blocks, self.keys, idx, rest=True)
+        if self.args.zo_by_layer:
+            return block_members(self.blocks, self.keys, idx, rest=True)
+        return [(None, idx)]
+
+    def scales(self, key, members) -> tuple:
+        """(pert, upd) for the pair: per-parameter block factors, or --zo_by_layer's z / c_b."""
+        if key is None:
+            blocks = [self.blocks[i] for i in members]
+            pert = [self.pert_factor(b) if self.uses_consts else 1.0 for b in blocks]
         else:
-            groups = [(None, idx)]
-        losses = []
-        for _ in range(n):
-            for key, members in groups:
-                params = [self.params[i] for i in members]
-                if key is None:      # one pair over all selected parameters (per-parameter blocks)
-                    blocks = [self.blocks[i] for i in members]
-                    pert = [self.pert_factor(b) if self.uses_consts else 1.0 for b in blocks]
-                else:                # --zo_by_layer: one pair per block, always perturbed by z / c_b
-                    blocks = [key] * len(members)
-                    pert = [1.0 / self.const(key)] * len(members)
-                lp, lm, g, skipped = zo.mezo_step(params, loss_fn, self.noise, next_seed(), eps=eps, pert=pert,
-                                                  upd=[self.grad_factor(b) for b in blocks], into_grad=1.0 / div)
-                if skipped:
-                    self.skipped += 1
-                    logger.warning("step %d: non-finite ZO loss (%s, %s); sample skipped", global_step, lp, lm)
-                    continue
-                losses.append(lp)
-                if key not in (None, REST) and a.norm_running_update:
-                    # the unscaled directional derivative (as --use_zo_grad_est measures it)
-                    c = abs(g) * self.const(key)
-                    if a.scale_norm_by_num_params:
-                        c /= math.sqrt(self.numels[key])
-                    self.consts[key] = c
-        return sum(losses) / len(losses) if losses else float("nan")
+            blocks = [key] * len(members)
+            pert = [1.0 / self.const(key)] * len(members)
+        return pert, [self.grad_factor(b) for b in blocks]
+
+    def after_pair(self, key, g: float) -> None:
+        """--norm_running_update: the block's constant becomes the pair's unscaled |directional derivative|."""
+        if key not in (None, REST) and self.args.norm_running_update:
+            c = abs(g) * self.const(key)
+            if self.args.scale_norm_by_num_params:
+                c /= math.sqrt(self.numels[key])
+            self.consts[key] = c

@@ -1,39 +1,29 @@
-"""The zeroth-order methods that followed MeZO, each one class on the one SPSA step (src/mezo/zo.py).
+"""The zeroth-order optimizers: MeZO and the methods that followed it, each on the one SPSA step.
 
-Every method answers the same small interface, so the Trainer (or your own loop) runs any of them:
+Each is a ``torch.optim.Optimizer`` (``mezo.zo.optim.ZeroOrderOptimizer``): build it over
+parameters or param groups, call ``step(closure)`` with a closure that returns the loss.
 
-    method = build_method("hizoo", params, eps=1e-3, weight_decay=0.0, alpha=1e-6)
+    opt = HiZOO(model.parameters(), lr=1e-6, eps=1e-3, alpha=1e-6, seed=0)
     for batch in loader:
-        step = method.step(lambda: loss_on(batch), seed=int(seeds.randint(1_000_000_000)), lr=lr)
+        opt.step(lambda: model(**batch).loss)
 
-* ``step(loss_fn, seed, lr) -> zo.ZOStep`` runs one update (under ``torch.no_grad()``); ``loss_fn()``
-  is the loss at the current parameters (one forward); ``seed`` keys every direction of the step.
-* ``forwards_per_step`` - how many ``loss_fn`` calls one step makes (the forward budget).
-* ``state_dict()`` / ``load_state_dict()`` - exactly the state the method defines (momentum, Adam
-  moments, HiZOO's Sigma, LOZO's step counter and V seed), for checkpoints; ``state_numel()`` is its
-  size in numbers (MeZO, sign, conservative, FZOO: 0).
-
-Where a method is an SPSA variant it *is* ``zo.mezo_step``: either with a new kind of direction
-(a ``zo.Noise`` from src/mezo/zo_noise.py: LOZO's U V^T, HiZOO's Sigma^{1/2} z) and the fused update, or
-with ``lr=0`` (perturb, two losses, restore) followed by the method's own update pass. Directions
-are regenerated from the seed in every pass, never stored.
-
-Gradient accumulation for MeZO is a loss function, not a method: ``accumulated_loss`` averages the
-losses of n micro-batches (weighted by their sizes) inside each perturbed state, so the step sees
-the full-batch loss under one z, with the activation memory of one micro-batch.
-
-Weight decay is given per parameter (the Trainer's list, which exempts biases and LayerNorm
-weights with ``--zo_no_decay_bias_norm``); each method applies it where its source does.
+Where a method is an SPSA variant it *is* ``mezo.zo.step.mezo_step``: either with a new kind of
+direction (a noise of ``mezo.zo.noise``: LOZO's U V^T, HiZOO's Sigma^{1/2} z) and the fused
+update, or with ``lr=0`` (perturb, two losses, restore) followed by the method's own update pass.
+Directions are regenerated from the seed in every pass, never stored. Each method declares its
+hyper-parameters (``hyper``) next to its code; they are param-group entries like ``lr``.
+Weight decay is per group; each method applies it where its source does.
 """
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Type
 
 import numpy as np
 import torch
 
-from mezo.zo import step as zo
-from mezo.zo.step import ZOStep, per_param
+from mezo.zo.hparams import HParam
 from mezo.zo.noise import GaussianParamNoise, LowRankNoise, ParamNoise, RademacherNoise, ScaledNoise, sub_seed
+from mezo.zo.optim import ZeroOrderOptimizer, finite_or_inf
+from mezo.zo.step import Noise, ZOStep, guarded_loss, mezo_step
 
 
 def _skipped(loss_plus=float("nan"), loss_minus=float("nan"), grad=float("nan")) -> ZOStep:
@@ -41,7 +31,7 @@ def _skipped(loss_plus=float("nan"), loss_minus=float("nan"), grad=float("nan"))
 
 
 @torch.no_grad()
-def add_z_into_(noise: zo.Noise, params, targets, seed: int, scales) -> None:
+def add_z_into_(noise: Noise, params, targets, seed: int, scales) -> None:
     """targets_i += scales_i z_i(seed) in place, through the noise's own ``add_to_grad_`` pass.
 
     The targets are lent to the parameters as ``.grad`` for the pass (so no copy of z is made);
@@ -58,121 +48,35 @@ def add_z_into_(noise: zo.Noise, params, targets, seed: int, scales) -> None:
         for p, g in zip(params, saved):
             p.grad = g
     for t, o in zip(targets, out):
-        if o is not t:      # a noise that rebinds .grad (zo.PlainNoise) instead of adding in place
+        if o is not t:      # a noise that rebinds .grad (mezo.zo.step.PlainNoise) instead of adding in place
             t.copy_(o)
 
 
-def accumulated_loss(parts: Sequence[Tuple[Callable[[], torch.Tensor], int]]) -> Callable[[], torch.Tensor]:
-    """Gradient accumulation for MeZO: one loss_fn over n micro-batches, ``parts = [(loss_fn_k, size_k)]``.
 
-    Returns sum_k size_k L_k / sum_k size_k, i.e. the mean loss over the full batch when each L_k is
-    the mean over its micro-batch. ``zo.mezo_step`` calls it inside each perturbed state, so every
-    micro-batch sees the same z (the same seed) and the update equals the full-batch update up to
-    float rounding, while only one micro-batch's activations are alive at a time. It counts n
-    forwards per loss evaluation. When every part offers FZOO's batched ``perturbed_losses``
-    (--fzoo_batched), so does the result: each micro-batch batched in turn, averaged the same way.
+class MeZO(ZeroOrderOptimizer):
+    """MeZO (Malladi et al. 2023, Algorithm 1): ``mezo_step`` with its fused update; no state.
+
+    The only method that honours the per-group ``pert``, ``upd`` and ``active`` entries (block
+    scaling of ``--zo_variant``, ``--layer_wise_optim``: the Trainer sets them before a step).
     """
-    parts = list(parts)
-    if not parts:
-        raise ValueError("accumulated_loss: no micro-batches")
-    total = sum(int(n) for _, n in parts)
-    if total <= 0:
-        raise ValueError("accumulated_loss: micro-batch sizes must sum to > 0")
-
-    def loss_fn() -> torch.Tensor:
-        acc = 0.0
-        for fn, n in parts:
-            acc += float(fn()) * int(n)
-        return torch.tensor(acc / total, dtype=torch.float64)
-
-    if all(hasattr(fn, "perturbed_losses") for fn, _ in parts):
-        def perturbed_losses(noise, params, seeds, eps) -> Optional[List[float]]:
-            """FZOO's batched losses, micro-batch by micro-batch, averaged as above (None: fall back)."""
-            acc = np.zeros(len(seeds))
-            for fn, n in parts:
-                ls = fn.perturbed_losses(noise, params, seeds, eps)
-                if ls is None:
-                    return None
-                acc += np.asarray(ls, dtype=np.float64) * int(n)
-            return (acc / total).tolist()
-        loss_fn.perturbed_losses = perturbed_losses
-    return loss_fn
-
-
-class ZOMethod:
-    """Common part: the parameter list, eps, per-parameter weight decay, the noise, a step counter."""
 
     name = "mezo"
-    forwards_per_step = 2
+    scalable = True
 
-    def __init__(self, params, *, eps: float, weight_decay=0.0, noise: Optional[zo.Noise] = None):
-        self.params = list(params)
-        if not self.params:
-            raise ValueError("no parameters to optimise")
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        self.eps = float(eps)
-        self.weight_decay = per_param(weight_decay, len(self.params), "weight_decay")
-        self.noise = noise if noise is not None else self.default_noise()
-        self.t = 0   # steps taken (skipped ones included)
+    def _step(self, closure, seed):
+        return mezo_step(self.params, closure, self.noise, seed, eps=self.eps, lr=self.per_param("lr"),
+                         weight_decay=self.per_param("weight_decay"), pert=self.per_param("pert"),
+                         upd=self.per_param("upd"))
 
-    def default_noise(self) -> zo.Noise:
-        return zo.default_noise()
-
-    def step(self, loss_fn: Callable[[], torch.Tensor], seed: int, lr: float) -> ZOStep:
-        with torch.no_grad():
-            out = self._step(loss_fn, int(seed), float(lr))
-        self.t += 1
-        return out
-
-    def _step(self, loss_fn, seed: int, lr: float) -> ZOStep:
-        raise NotImplementedError
-
-    def _spsa(self, loss_fn, seed: int, noise=None) -> ZOStep:
+    def _spsa(self, closure, seed, noise=None) -> ZOStep:
         """The SPSA pair with lr 0: perturb, two losses, restore theta; returns g."""
-        return zo.mezo_step(self.params, loss_fn, noise or self.noise, seed, eps=self.eps)
-
-    # --- state (checkpoints)
-    def state_tensors(self) -> Dict[str, List[torch.Tensor]]:
-        return {}
-
-    def extra_state(self) -> dict:
-        return {}
-
-    def load_extra_state(self, state: dict) -> None:
-        pass
-
-    def state_numel(self) -> int:
-        return sum(t.numel() for ts in self.state_tensors().values() for t in ts)
-
-    def state_dict(self) -> dict:
-        out = {"method": self.name, "t": self.t, **self.extra_state()}
-        out.update({k: [t.detach().clone() for t in ts] for k, ts in self.state_tensors().items()})
-        return out
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("method") != self.name:
-            raise ValueError(f"state of method {state.get('method')!r} given to {self.name!r}")
-        self.t = int(state["t"])
-        for k, ts in self.state_tensors().items():
-            if len(state[k]) != len(ts):
-                raise ValueError(f"{self.name} state {k}: {len(state[k])} tensors for {len(ts)} parameters")
-            for t, v in zip(ts, state[k]):
-                t.copy_(v)
-        self.load_extra_state(state)
+        return mezo_step(self.params, closure, noise or self.noise, seed, eps=self.eps)
 
 
-class MeZO(ZOMethod):
-    """MeZO (Malladi et al. 2023, Algorithm 1): ``zo.mezo_step`` with its fused update; no state."""
-
-    name = "mezo"
-
-    def _step(self, loss_fn, seed, lr):
-        return zo.mezo_step(self.params, loss_fn, self.noise, seed, eps=self.eps, lr=lr,
-                            weight_decay=self.weight_decay)
+ZeroOrderSGD = MeZO   # the name of the earlier own-loop wrapper
 
 
-class ZOSGDSign(ZOMethod):
+class ZOSGDSign(MeZO):
     """ZO-SGD-Sign: theta <- theta - lr (sign(g) z + wd theta); no state, 2 forwards.
 
     Source: Zhang et al. 2024, "Revisiting Zeroth-Order Optimization for Memory-Efficient LLM
@@ -187,33 +91,37 @@ class ZOSGDSign(ZOMethod):
     """
 
     name = "sign"
-
-    def __init__(self, params, *, eps, weight_decay=0.0, noise=None, elementwise: bool = False):
-        self.elementwise = bool(elementwise)
-        super().__init__(params, eps=eps, weight_decay=weight_decay, noise=noise)
-        if self.elementwise and not isinstance(self.noise, ParamNoise):
-            raise ValueError("elementwise ZO-SGD-Sign needs a per-parameter noise (zo_noise.ParamNoise)")
+    scalable = False
+    hyper = {"elementwise": HParam(False, "zo_sign_elementwise", "--zo_method sign: update with sign(g z) per "
+                                   "coordinate instead of sign(g) z", choices=(False, True))}
+    uniform = ("elementwise",)
 
     def default_noise(self):
-        return GaussianParamNoise() if self.elementwise else zo.default_noise()
+        return GaussianParamNoise() if self.hp("elementwise") else super().default_noise()
 
-    def _step(self, loss_fn, seed, lr):
-        st = self._spsa(loss_fn, seed)
+    def check_groups(self):
+        super().check_groups()
+        if self.hp("elementwise") and not isinstance(self.noise, ParamNoise):
+            raise ValueError("elementwise ZO-SGD-Sign needs a per-parameter noise (mezo.zo.noise.ParamNoise)")
+
+    def _step(self, closure, seed):
+        st = self._spsa(closure, seed)
         if st.skipped:
             return st
         sg = float(np.sign(st.grad))
-        if not self.elementwise:
-            self.noise.decay_add_(self.params, seed, [-lr * w for w in self.weight_decay], -lr * sg)
+        params, lr, wd = self.params, self.per_param("lr"), self.per_param("weight_decay")
+        if not self.hp("elementwise"):
+            self.noise.decay_add_(params, seed, [-r * w for r, w in zip(lr, wd)], [-r * sg for r in lr])
             return st
-        for i, (p, w) in enumerate(zip(self.params, self.weight_decay)):
+        for i, (p, r, w) in enumerate(zip(params, lr, wd)):
             upd = self.noise.z(p, i, seed).sign_().mul_(sg)
             if w:
                 upd.add_(p, alpha=w)
-            p.sub_(upd, alpha=lr)
+            p.sub_(upd, alpha=r)
         return st
 
 
-class ZOSGDConservative(ZOMethod):
+class ZOSGDConservative(MeZO):
     """ZO-SGD-Cons: take the SPSA step only if it lowers the loss; 5 forwards, no state.
 
     Source: ZO-Bench (Zhang et al. 2024), code ``zo-bench/trainer.py::zo_conserv_step``:
@@ -226,45 +134,42 @@ class ZOSGDConservative(ZOMethod):
     """
 
     name = "conservative"
+    scalable = False
     forwards_per_step = 5
 
-    def __init__(self, params, *, eps, weight_decay=0.0, noise=None):
-        super().__init__(params, eps=eps, weight_decay=weight_decay, noise=noise)
-        if any(self.weight_decay):
+    def check_groups(self):
+        super().check_groups()
+        if any(g["weight_decay"] for g in self.param_groups):
             raise ValueError("ZO-SGD-Cons is defined without weight decay; use --weight_decay 0")
-        self.last_choice: Optional[str] = None
 
-    def _step(self, loss_fn, seed, lr):
-        l0 = _finite_or_inf(loss_fn())
-        st = self._spsa(loss_fn, seed)
+    def _step(self, closure, seed):
+        self.last_choice = None
+        l0 = finite_or_inf(closure())
+        st = self._spsa(closure, seed)
         if st.skipped:
             return st
-        c = lr * st.grad
         params, noise = self.params, self.noise
-        noise.add_(params, seed, -c)                      # theta - lr g z
-        l1 = _finite_or_inf(zo.guarded_loss(loss_fn, lambda: noise.add_(params, seed, c)))
-        noise.add_(params, seed, 2.0 * c)                 # theta + lr g z
-        l2 = _finite_or_inf(zo.guarded_loss(loss_fn, lambda: noise.add_(params, seed, -c)))
+        c = [r * st.grad for r in self.per_param("lr")]
+        neg = [-x for x in c]
+        noise.add_(params, seed, neg)                     # theta - lr g z
+        l1 = finite_or_inf(guarded_loss(closure, lambda: noise.add_(params, seed, c)))
+        noise.add_(params, seed, [2.0 * x for x in c])    # theta + lr g z
+        l2 = finite_or_inf(guarded_loss(closure, lambda: noise.add_(params, seed, neg)))
         if l1 > l0:
             if l0 < l2:
-                noise.add_(params, seed, -c)              # back to theta
+                noise.add_(params, seed, neg)             # back to theta
                 self.last_choice = "theta"
             else:
                 self.last_choice = "plus"
         elif l1 < l2:
-            noise.add_(params, seed, -2.0 * c)            # theta - lr g z
+            noise.add_(params, seed, [-2.0 * x for x in c])   # theta - lr g z
             self.last_choice = "minus"
         else:
             self.last_choice = "plus"
         return st
 
 
-def _finite_or_inf(x) -> float:
-    x = float(x)
-    return x if math.isfinite(x) else math.inf
-
-
-class ZOSGDMomentum(ZOMethod):
+class ZOSGDMomentum(MeZO):
     """ZO-SGD-MMT: heavy-ball momentum on the SPSA gradient; state = one buffer m (numel of the params).
 
     Source: ZO-Bench (Zhang et al. 2024), code ``zo-bench/trainer.py::zo_step`` with trainer
@@ -275,32 +180,30 @@ class ZOSGDMomentum(ZOMethod):
     """
 
     name = "momentum"
+    scalable = False
+    hyper = {"momentum": HParam(0.9, "zo_momentum", "--zo_method momentum: heavy-ball momentum (ZO-Bench: 0.9)",
+                                lo=0, hi=1, hi_open=True)}
 
-    def __init__(self, params, *, eps, weight_decay=0.0, noise=None, momentum: float = 0.9):
-        super().__init__(params, eps=eps, weight_decay=weight_decay, noise=noise)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        self.mu = float(momentum)
-        self.buf = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
+    def init_state(self, p):
+        return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.contiguous_format)}
 
-    def state_tensors(self):
-        return {"momentum_buffer": self.buf}
-
-    def _step(self, loss_fn, seed, lr):
-        st = self._spsa(loss_fn, seed)
+    def _step(self, closure, seed):
+        st = self._spsa(closure, seed)
         if st.skipped:
             return st
-        for b, p, w in zip(self.buf, self.params, self.weight_decay):
-            b.mul_(self.mu)
+        params = self.params
+        bufs = [self.state_of(p)["momentum_buffer"] for p in params]
+        for b, p, mu, w in zip(bufs, params, self.per_param("momentum"), self.per_param("weight_decay")):
+            b.mul_(mu)
             if w:
                 b.add_(p, alpha=w)
-        add_z_into_(self.noise, self.params, self.buf, seed, st.grad)
-        for p, b in zip(self.params, self.buf):
-            p.add_(b, alpha=-lr)
+        add_z_into_(self.noise, params, bufs, seed, st.grad)
+        for p, b, r in zip(params, bufs, self.per_param("lr")):
+            p.add_(b, alpha=-r)
         return st
 
 
-class ZOAdam(ZOMethod):
+class ZOAdam(MeZO):
     """ZO-Adam: Adam on the SPSA gradient g z; state = first and second moments (2 x numel).
 
     Source: ZO-Bench (Zhang et al. 2024), code ``zo-bench/trainer.py`` (trainer ``zo_adam``), which
@@ -313,51 +216,49 @@ class ZOAdam(ZOMethod):
     """
 
     name = "adam"
-
-    def __init__(self, params, *, eps, weight_decay=0.0, noise=None, beta1: float = 0.9,
-                 beta2: float = 0.999, adam_eps: float = 1e-8):
-        super().__init__(params, eps=eps, weight_decay=weight_decay, noise=noise)
-        if not isinstance(self.noise, ParamNoise):
-            raise ValueError("ZO-Adam needs a per-parameter noise (zo_noise.ParamNoise)")
-        for nm, b in (("beta1", beta1), ("beta2", beta2)):
-            if not 0.0 <= b < 1.0:
-                raise ValueError(f"{nm} must be in [0, 1), got {b}")
-        self.beta1, self.beta2, self.adam_eps = float(beta1), float(beta2), float(adam_eps)
-        self.exp_avg = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
-        self.k = 0
+    scalable = False
+    hyper = {"beta1": HParam(0.9, "adam_beta1", "", lo=0, hi=1, hi_open=True, shared=True),
+             "beta2": HParam(0.999, "adam_beta2", "", lo=0, hi=1, hi_open=True, shared=True),
+             "adam_eps": HParam(1e-8, "adam_epsilon", "", lo=0, shared=True)}
 
     def default_noise(self):
         return GaussianParamNoise()
 
-    def state_tensors(self):
-        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+    def check_groups(self):
+        super().check_groups()
+        if not isinstance(self.noise, ParamNoise):
+            raise ValueError("ZO-Adam needs a per-parameter noise (mezo.zo.noise.ParamNoise)")
+        for g in self.param_groups:
+            for k in ("beta1", "beta2"):
+                if not 0.0 <= g[k] < 1.0:
+                    raise ValueError(f"{k} must be in [0, 1), got {g[k]}")
 
-    def extra_state(self):
-        return {"k": self.k}
+    def init_state(self, p):
+        return {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p, memory_format=torch.contiguous_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.contiguous_format)}
 
-    def load_extra_state(self, state):
-        self.k = int(state["k"])
-
-    def _step(self, loss_fn, seed, lr):
-        st = self._spsa(loss_fn, seed)
+    def _step(self, closure, seed):
+        st = self._spsa(closure, seed)
         if st.skipped:
             return st
-        self.k += 1
-        b1, b2 = self.beta1, self.beta2
-        step_size = lr / (1.0 - b1 ** self.k)
-        bc2_sqrt = math.sqrt(1.0 - b2 ** self.k)
-        for i, (p, m, v, w) in enumerate(zip(self.params, self.exp_avg, self.exp_avg_sq, self.weight_decay)):
+        hp = [(g, p) for g in self.active_groups() for p in g["params"] if p.requires_grad]
+        for i, (g, p) in enumerate(hp):
+            s = self.state_of(p)
+            s["step"] += 1
+            k = int(s["step"].item())
+            b1, b2 = g["beta1"], g["beta2"]
+            step_size = g["lr"] / (1.0 - b1 ** k)
+            bc2_sqrt = math.sqrt(1.0 - b2 ** k)
             grad = self.noise.z(p, i, seed).mul_(st.grad)
-            if w:
-                grad.add_(p, alpha=w)
-            m.lerp_(grad, 1.0 - b1)
-            v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
-            p.addcdiv_(m, (v.sqrt() / bc2_sqrt).add_(self.adam_eps), value=-step_size)
+            if g["weight_decay"]:
+                grad.add_(p, alpha=g["weight_decay"])
+            s["exp_avg"].lerp_(grad, 1.0 - b1)
+            s["exp_avg_sq"].mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
+            p.addcdiv_(s["exp_avg"], (s["exp_avg_sq"].sqrt() / bc2_sqrt).add_(g["adam_eps"]), value=-step_size)
         return st
 
 
-class HiZOO(ZOMethod):
+class HiZOO(MeZO):
     """HiZOO: SPSA along Sigma^{1/2} z with a diagonal Hessian estimate; 3 forwards; one state vector.
 
     Source: Zhao et al. 2024, "Second-Order Fine-Tuning without Pain for LLMs: A Hessian Informed
@@ -381,50 +282,61 @@ class HiZOO(ZOMethod):
     """
 
     name = "hizoo"
+    scalable = False
     forwards_per_step = 3
     FORMS = ("paper", "code2024")
-
-    def __init__(self, params, *, eps, weight_decay=0.0, noise: Optional[ParamNoise] = None, alpha: float = 1e-6,
-                 form: str = "paper"):
-        super().__init__(params, eps=eps, weight_decay=weight_decay, noise=noise)
-        if not isinstance(self.noise, ParamNoise):
-            raise ValueError("HiZOO needs a per-parameter noise (zo_noise.ParamNoise)")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        if form not in self.FORMS:
-            raise ValueError(f"HiZOO form must be one of {self.FORMS}, got {form!r}")
-        self.alpha, self.form = float(alpha), form
-        self.diag = [torch.ones_like(p, memory_format=torch.contiguous_format) for p in self.params]
-        self.scaled = ScaledNoise(self.noise, self.sqrt_sigma)
+    hyper = {"alpha": HParam(1e-6, "hizoo_alpha", "--zo_method hizoo: smoothing constant of the diagonal "
+                             "Hessian estimate", lo=0, hi=1),
+             "form": HParam("paper", "hizoo_form", "--zo_method hizoo: the paper's Sigma update, or code2024 (the "
+                            "2024 RoBERTa fork's)", choices=FORMS)}
+    uniform = ("form",)
 
     def default_noise(self):
         return GaussianParamNoise()
 
-    def sqrt_sigma(self, i: int) -> torch.Tensor:
-        """Sigma_i^{1/2}, the elementwise factor of z (H^{-1/2} in the paper form)."""
-        return self.diag[i].rsqrt() if self.form == "paper" else self.diag[i].sqrt()
+    def check_groups(self):
+        super().check_groups()
+        if not isinstance(self.noise, ParamNoise):
+            raise ValueError("HiZOO needs a per-parameter noise (mezo.zo.noise.ParamNoise)")
+        for g in self.param_groups:
+            if not 0.0 <= g["alpha"] <= 1.0:
+                raise ValueError(f"alpha must be in [0, 1], got {g['alpha']}")
+        if self.hp("form") not in self.FORMS:
+            raise ValueError(f"HiZOO form must be one of {self.FORMS}, got {self.hp('form')!r}")
 
-    def state_tensors(self):
-        return {"hessian" if self.form == "paper" else "sigma": self.diag}
+    @property
+    def diag_key(self) -> str:
+        return "hessian" if self.hp("form") == "paper" else "sigma"
 
-    def _step(self, loss_fn, seed, lr):
-        l0 = float(loss_fn())
-        st = self._spsa(loss_fn, seed, noise=self.scaled)
+    def init_state(self, p):
+        return {self.diag_key: torch.ones_like(p, memory_format=torch.contiguous_format)}
+
+    def sqrt_sigma(self, d: torch.Tensor) -> torch.Tensor:
+        """Sigma^{1/2}, the elementwise factor of z (H^{-1/2} in the paper form)."""
+        return d.rsqrt() if self.hp("form") == "paper" else d.sqrt()
+
+    def _step(self, closure, seed):
+        params = self.params
+        diag = [self.state_of(p)[self.diag_key] for p in params]
+        l0 = float(closure())
+        st = self._spsa(closure, seed, noise=ScaledNoise(self.noise, lambda i: self.sqrt_sigma(diag[i])))
         if st.skipped or not math.isfinite(l0):
             return st._replace(skipped=True)
         c = abs(st.loss_plus + st.loss_minus - 2.0 * l0) / (2.0 * self.eps * self.eps)
-        for i, (p, d, w) in enumerate(zip(self.params, self.diag, self.weight_decay)):
+        paper = self.hp("form") == "paper"
+        for i, (p, d, a, r, w) in enumerate(zip(params, diag, self.per_param("alpha"), self.per_param("lr"),
+                                                self.per_param("weight_decay"))):
             z = self.noise.z(p, i, seed)
-            est = z * z * d if self.form == "paper" else z * z / d     # with the old diagonal
-            d.mul_(1.0 - self.alpha).add_(est, alpha=self.alpha * c)
-            upd = z.mul_(self.sqrt_sigma(i)).mul_(st.grad)
+            est = z * z * d if paper else z * z / d     # with the old diagonal
+            d.mul_(1.0 - a).add_(est, alpha=a * c)
+            upd = z.mul_(self.sqrt_sigma(d)).mul_(st.grad)
             if w:
                 upd.add_(p, alpha=w)
-            p.sub_(upd, alpha=lr)
+            p.sub_(upd, alpha=r)
         return st
 
 
-class LOZO(ZOMethod):
+class LOZO(MeZO):
     """LOZO (and LOZO-M with ``beta1``): SPSA along low-rank directions U V^T, V kept for nu steps.
 
     Source: Chen et al. 2025, "Enhancing Zeroth-order Fine-tuning for Language Models with
@@ -446,31 +358,35 @@ class LOZO(ZOMethod):
     """
 
     name = "lozo"
+    scalable = False
+    hyper = {"rank": HParam(4, "lozo_rank", "--zo_method lozo/lozo_m: rank r of the U V^T perturbations",
+                            lo=1, integer=True),
+             "nu": HParam(50, "lozo_nu", "--zo_method lozo/lozo_m: V is redrawn every nu steps", lo=1, integer=True)}
+    uniform = ("rank", "nu")
 
-    def __init__(self, params, *, eps, weight_decay=0.0, noise: Optional[LowRankNoise] = None,
-                 rank: int = 4, nu: int = 50, beta1: Optional[float] = None):
-        super().__init__(params, eps=eps, weight_decay=weight_decay,
-                         noise=noise if noise is not None else LowRankNoise(rank))
+    def default_noise(self):
+        return LowRankNoise(int(self.hp("rank")))
+
+    def check_groups(self):
+        super().check_groups()
         if not isinstance(self.noise, LowRankNoise):
-            raise ValueError("LOZO needs a zo_noise.LowRankNoise")
-        if nu < 1:
-            raise ValueError(f"nu must be >= 1, got {nu}")
-        self.nu = int(nu)
-        self.beta1 = None if beta1 is None else float(beta1)
-        if self.beta1 is not None:
-            if not 0.0 <= self.beta1 < 1.0:
-                raise ValueError(f"beta1 must be in [0, 1), got {beta1}")
-            self.name = "lozo_m"
-            self.mom = [torch.zeros(p.shape[0], self.noise.rank, dtype=p.dtype, device=p.device)
-                        if LowRankNoise.is_matrix(p) else torch.zeros_like(p) for p in self.params]
+            raise ValueError("LOZO needs a mezo.zo.noise.LowRankNoise")
+        if self.hp("nu") < 1:
+            raise ValueError(f"nu must be >= 1, got {self.hp('nu')}")
+        if self.hp("rank") < 1:
+            raise ValueError(f"rank must be >= 1, got {self.hp('rank')}")
+
+    def __init__(self, params, lr=1e-6, eps=1e-3, weight_decay=0.0, **kw):
+        super().__init__(params, lr, eps, weight_decay, **kw)
         self.v_old_seed: Optional[int] = None
 
     @property
     def rank(self) -> int:
         return self.noise.rank
 
-    def state_tensors(self):
-        return {} if self.beta1 is None else {"momentum": self.mom}
+    @property
+    def nu(self) -> int:
+        return int(self.hp("nu"))
 
     def extra_state(self):
         return {"v_seed": self.noise.v_seed, "v_old_seed": self.v_old_seed}
@@ -485,22 +401,45 @@ class LOZO(ZOMethod):
         v = sum(p.numel() // p.shape[0] * self.rank for p in self.params if LowRankNoise.is_matrix(p))
         return super().state_numel() + v
 
-    def _step(self, loss_fn, seed, lr):
+    def _step(self, closure, seed):
         if self.t % self.nu == 0 or self.noise.v_seed is None:
             self.noise.set_v_seed(seed)           # a new V, drawn from this step's seed
-        if self.beta1 is None:
-            return zo.mezo_step(self.params, loss_fn, self.noise, seed, eps=self.eps, lr=lr,
-                                weight_decay=self.weight_decay)
-        st = self._spsa(loss_fn, seed)
+        return mezo_step(self.params, closure, self.noise, seed, eps=self.eps, lr=self.per_param("lr"),
+                         weight_decay=self.per_param("weight_decay"))
+
+
+class LOZOM(LOZO):
+    """LOZO-M: LOZO with momentum ``beta1`` in the U space (see ``LOZO``)."""
+
+    name = "lozo_m"
+    hyper = {**LOZO.hyper, "beta1": HParam(0.9, "lozo_beta1", "--zo_method lozo_m: momentum in the U space",
+                                           lo=0, hi=1, hi_open=True)}
+
+    def check_groups(self):
+        super().check_groups()
+        for g in self.param_groups:
+            if not 0.0 <= g["beta1"] < 1.0:
+                raise ValueError(f"beta1 must be in [0, 1), got {g['beta1']}")
+
+    def init_state(self, p):
+        shape = (p.shape[0], self.rank) if LowRankNoise.is_matrix(p) else p.shape
+        return {"momentum_buffer": torch.zeros(shape, dtype=p.dtype, device=p.device)}
+
+    def _step(self, closure, seed):
+        if self.t % self.nu == 0 or self.noise.v_seed is None:
+            self.noise.set_v_seed(seed)
+        st = self._spsa(closure, seed)
         if st.skipped:
             return st
-        self._momentum_update(seed, st.grad, lr)
+        self._momentum_update(seed, st.grad)
         return st
 
-    def _momentum_update(self, seed, g, lr):
-        b, phase = self.beta1, self.t % self.nu
-        nz = self.noise
-        for i, (p, mom, w) in enumerate(zip(self.params, self.mom, self.weight_decay)):
+    def _momentum_update(self, seed, g):
+        phase, nz = self.t % self.nu, self.noise
+        params = self.params
+        for i, (p, b, r, w) in enumerate(zip(params, self.per_param("beta1"), self.per_param("lr"),
+                                             self.per_param("weight_decay"))):
+            mom = self.state_of(p)["momentum_buffer"]
             if LowRankNoise.is_matrix(p):
                 u, v = nz.u_of(p, i, seed), nz.v_of(p, i)
                 if phase == 0:
@@ -513,8 +452,8 @@ class LOZO(ZOMethod):
                     mom.mul_(b).add_(u, alpha=(1.0 - b) * g)
                 if p.is_contiguous():   # p -= lr (M Vᵀ + w p) without materialising M Vᵀ (m x n)
                     if w:
-                        p.add_(p, alpha=-lr * w)
-                    p.view(p.shape[0], -1).addmm_(mom, v.t(), alpha=-lr)
+                        p.add_(p, alpha=-r * w)
+                    p.view(p.shape[0], -1).addmm_(mom, v.t(), alpha=-r)
                     continue
                 step = (mom @ v.t()).reshape(p.shape)
             else:
@@ -526,12 +465,12 @@ class LOZO(ZOMethod):
                 step = mom.clone()
             if w:
                 step.add_(p, alpha=w)
-            p.sub_(step, alpha=lr)
+            p.sub_(step, alpha=r)
         if phase == self.nu - 1 and phase != 0:
             self.v_old_seed = nz.v_seed
 
 
-class FZOO(ZOMethod):
+class FZOO(MeZO):
     """FZOO: N one-sided Rademacher estimates, step normalised by the spread of their losses.
 
     Source: Dang et al. 2025, "FZOO: Fast Zeroth-Order Optimizer for Fine-Tuning Large Language
@@ -552,19 +491,29 @@ class FZOO(ZOMethod):
     """
 
     name = "fzoo"
+    scalable = False
+    hyper = {"n": HParam(8, "fzoo_n", "--zo_method fzoo: N one-sided Rademacher estimates per step (no "
+                         "published default)", lo=2, integer=True)}
+    uniform = ("n",)
 
-    def __init__(self, params, *, eps, weight_decay=0.0, noise: Optional[ParamNoise] = None, n: int = 8,
-                 batched_losses: Optional[Callable] = None):
-        super().__init__(params, eps=eps, weight_decay=weight_decay, noise=noise)
-        if n < 2:
-            raise ValueError(f"FZOO needs N >= 2 estimates (a standard deviation), got {n}")
-        if not isinstance(self.noise, RademacherNoise):
-            raise ValueError("FZOO's directions are Rademacher (zo_noise.RademacherNoise)")
-        self.n = int(n)
+    def __init__(self, params, lr=1e-6, eps=1e-3, weight_decay=0.0, *, batched_losses: Optional[Callable] = None,
+                 **kw):
+        super().__init__(params, lr, eps, weight_decay, **kw)
         self.batched_losses = batched_losses
 
     def default_noise(self):
         return RademacherNoise()
+
+    def check_groups(self):
+        super().check_groups()
+        if self.hp("n") < 2:
+            raise ValueError(f"FZOO needs N >= 2 estimates (a standard deviation), got {self.hp('n')}")
+        if not isinstance(self.noise, RademacherNoise):
+            raise ValueError("FZOO's directions are Rademacher (mezo.zo.noise.RademacherNoise)")
+
+    @property
+    def n(self) -> int:
+        return int(self.hp("n"))
 
     @property
     def forwards_per_step(self) -> int:
@@ -573,86 +522,50 @@ class FZOO(ZOMethod):
     def direction_seeds(self, seed: int) -> List[int]:
         return [sub_seed(seed, k, b"fzoo-dir") for k in range(self.n)]
 
-    def _perturbed_losses(self, loss_fn, seeds) -> List[float]:
+    def _perturbed_losses(self, closure, seeds) -> List[float]:
+        params = self.params
         if self.batched_losses is not None:
-            return [float(x) for x in self.batched_losses(self.noise, self.params, seeds, self.eps)]
-        # a loss_fn may evaluate the N losses itself in one batched forward (src/mezo/fzoo_batched.py);
+            return [float(x) for x in self.batched_losses(self.noise, params, seeds, self.eps)]
+        # a closure may evaluate the N losses itself in one batched forward (mezo.training.fzoo_batched);
         # None means it cannot (it fell back), and the sequential loop below gives the same numbers
-        batched = getattr(loss_fn, "perturbed_losses", None)
-        out = None if batched is None else batched(self.noise, self.params, seeds, self.eps)
+        batched = getattr(closure, "perturbed_losses", None)
+        out = None if batched is None else batched(self.noise, params, seeds, self.eps)
         if out is not None:
             return [float(x) for x in out]
         out = []
         for s in seeds:
-            self.noise.add_(self.params, s, self.eps)
+            self.noise.add_(params, s, self.eps)
             try:
-                out.append(float(loss_fn()))
+                out.append(float(closure()))
             finally:
-                self.noise.add_(self.params, s, -self.eps)
+                self.noise.add_(params, s, -self.eps)
         return out
 
-    def _step(self, loss_fn, seed, lr):
-        l0 = float(loss_fn())
+    def _step(self, closure, seed):
+        params = self.params
+        l0 = float(closure())
         seeds = self.direction_seeds(seed)
-        ls = self._perturbed_losses(loss_fn, seeds)
+        ls = self._perturbed_losses(closure, seeds)
         sigma = float(np.std(ls, ddof=1)) if all(map(math.isfinite, ls)) else float("nan")
         if not (math.isfinite(l0) and math.isfinite(sigma) and sigma > 0):
             return _skipped(l0, float(np.mean(ls)), float("nan"))
-        coef = lr / (sigma * self.eps * self.n)
-        decays = [-lr * w for w in self.weight_decay]
+        lr = self.per_param("lr")
+        coef = [r / (sigma * self.eps * self.n) for r in lr]
+        decays = [-r * w for r, w in zip(lr, self.per_param("weight_decay"))]
         for k, (s, li) in enumerate(zip(seeds, ls)):
             if k == 0:
-                self.noise.decay_add_(self.params, s, decays, -coef * (li - l0))
+                self.noise.decay_add_(params, s, decays, [-c * (li - l0) for c in coef])
             else:
-                self.noise.add_(self.params, s, -coef * (li - l0))
+                self.noise.add_(params, s, [-c * (li - l0) for c in coef])
         return ZOStep(l0, float(np.mean(ls)), sigma, False)
 
 
-class VmapLosses:
-    """FZOO's batched evaluation: the N perturbed losses in one vmapped forward (``torch.func``).
-
-    ``loss_of(params_dict) -> loss`` runs the model functionally (``torch.func.functional_call``).
-    Stacked copy k of parameter i is theta_i + eps u_k, made as the sequential loop makes it
-    (``add_(z, alpha=eps)``), so both paths see the same perturbed numbers. Memory: N copies of
-    the trainable parameters and activations of N times the batch, so this suits small parameter
-    sets (heads, adapters, prefixes); src/mezo/fzoo_batched.py decides when the Trainer uses it.
-    """
-
-    def __init__(self, names: Sequence[str], loss_of: Callable[[Dict[str, torch.Tensor]], torch.Tensor]):
-        self.names = list(names)
-        self.loss_of = loss_of
-
-    def losses(self, noise: ParamNoise, params, seeds, eps) -> torch.Tensor:
-        """The N losses as a tensor (on the parameters' device)."""
-        stacked = []
-        with torch.no_grad():
-            for i, p in enumerate(params):
-                copies = p.detach().unsqueeze(0).repeat(len(seeds), *([1] * p.dim()))
-                for k, s in enumerate(seeds):
-                    copies[k].add_(noise.z(p, i, s), alpha=eps)
-                stacked.append(copies)
-            f = lambda *ps: self.loss_of(dict(zip(self.names, ps)))  # noqa: E731
-            return torch.func.vmap(f)(*stacked)
-
-    def __call__(self, noise: ParamNoise, params, seeds, eps) -> List[float]:
-        return self.losses(noise, params, seeds, eps).tolist()
+OPTIMIZERS: Dict[str, Type[ZeroOrderOptimizer]] = {
+    m.name: m for m in (MeZO, ZOSGDSign, ZOSGDConservative, ZOSGDMomentum, ZOAdam, HiZOO, LOZO, LOZOM, FZOO)}
 
 
-METHODS = {
-    "mezo": MeZO, "sign": ZOSGDSign, "conservative": ZOSGDConservative, "momentum": ZOSGDMomentum,
-    "adam": ZOAdam, "hizoo": HiZOO, "lozo": LOZO, "lozo_m": LOZO, "fzoo": FZOO,
-}
-
-
-def build_method(name: str, params, *, eps: float, weight_decay=0.0, **hp) -> ZOMethod:
-    """The method ``name`` (a key of METHODS) with its hyper-parameters (the constructor's names).
-
-    ``lozo_m`` is LOZO with momentum (``beta1`` defaults to 0.9, the repo's BETA1).
-    """
-    if name not in METHODS:
-        raise ValueError(f"unknown zo method {name!r} (one of {', '.join(METHODS)})")
-    if name == "lozo_m":
-        hp.setdefault("beta1", 0.9)
-    elif name == "lozo" and hp.get("beta1") is not None:
-        raise ValueError("lozo takes no beta1; use lozo_m for LOZO-M")
-    return METHODS[name](params, eps=eps, weight_decay=weight_decay, **hp)
+def build(name: str, params, **kw) -> ZeroOrderOptimizer:
+    """The optimizer ``name`` (a key of OPTIMIZERS) with its keyword arguments (lr, eps, hyper-parameters)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown zo method {name!r} (one of {', '.join(OPTIMIZERS)})")
+    return OPTIMIZERS[name](params, **kw)
