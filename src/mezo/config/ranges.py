@@ -1,16 +1,20 @@
 """The allowed range of every numeric flag: one table, checked before anything is loaded, shown in --help.
 
-`RANGES` maps a field of the four argument groups (src/mezo/arguments.py) to (test, wording). The
+`RANGES` maps a field of the four argument groups (``mezo.config.arguments``) to (test, wording); the
+methods' hyper-parameters come with their ranges from their declarations (``mezo.zo.hparams``). The
 wording is appended to the flag's --help text (`annotate`) and quoted in the one-line error, so
 the help and the check cannot disagree; each dataclass's `__post_init__` calls `check`. `NO_RANGE` lists, with the reason, the fields of the
 project's own groups that need no numeric range (switches, choices checked elsewhere, paths
-checked by run.check_paths, flags refused by check_unsupported); tests/test_fuzz.py asserts that
+checked by run.check_paths, flags refused by ``mezo.config.legacy``); tests/test_fuzz.py asserts that
 every field is in exactly one of the two. Inherited TrainingArguments fields outside RANGES are
 left to TrainingArguments' own checks. Model-dependent limits (sequence length against the
 model's position table) are checked in run.check_model, after the config and before the weights.
 """
 import math
 
+from mezo.config.legacy import (LegacyDataArguments, LegacyModelArguments, LegacyTrainingArguments,
+                                refused_fields)
+from mezo.config.zo import method_hparams
 from mezo.errors import UsageError
 
 SEED_MAX = 2**32 - 1  # numpy's RandomState (the MeZO seed stream, set_seed) takes 0 <= seed < 2**32
@@ -37,13 +41,6 @@ def between(lo, hi, lo_open=False, hi_open=False, optional=False):
 
 
 RANGES = {
-    # zeroth-order methods (--zo_method)
-    "zo_momentum": (between(0, 1, hi_open=True), "a number in [0, 1)"),
-    "hizoo_alpha": (at_least(0), "a finite number >= 0"),
-    "lozo_rank": (at_least(1), "an integer >= 1"),
-    "lozo_nu": (at_least(1), "an integer >= 1"),
-    "lozo_beta1": (between(0, 1, hi_open=True), "a number in [0, 1)"),
-    "fzoo_n": (at_least(2), "an integer >= 2 (the step size needs the spread of N estimates)"),
     # model
     "lora_r": (at_least(1, optional=True), "an integer >= 1"),
     "lora_alpha": (at_least(1, optional=True), "an integer >= 1"),
@@ -86,6 +83,8 @@ RANGES = {
     "save_total_limit": (at_least(1, optional=True), "an integer >= 1"),
     "dataloader_num_workers": (at_least(0), "an integer >= 0"),
 }
+# The methods' own hyper-parameters: the range each method declares next to its code (mezo.zo.hparams).
+RANGES.update({name: (hp.ok, hp.wording) for name, hp in method_hparams().items() if not hp.choices})
 
 # Fields of ModelArguments, DataArguments and MezoTrainingArguments' own block without a numeric range.
 NO_RANGE = {
@@ -94,7 +93,7 @@ NO_RANGE = {
         "save_logit_dir", "demo_filter_model"),
     "choices or syntax checked in __post_init__, run.validate or src/mezo/templates.py": (
         "few_shot_type", "task_name", "template", "mapping", "optimizer", "trainer",
-        "zero_order_sample_scheduler", "zo_variant", "lr_scheduler_type", "zo_method", "hizoo_form"),
+        "zero_order_sample_scheduler", "zo_variant", "lr_scheduler_type", "zo_method"),
     "switches": (
         "l2_loss", "apply_lora", "lora_freeze_head", "overwrite_cache", "auto_demo", "demo_filter",
         "double_demo", "truncate_head", "evaluate_during_training", "zero_order_optim", "efficient_zero_order",
@@ -104,17 +103,12 @@ NO_RANGE = {
         "head_tuning", "prefix_tuning", "no_reparam", "prefix_init_by_real_act", "from_linearhead",
         "lp_early_stopping", "prob_as_feature", "overwrite_output_dir", "no_train", "no_predict", "save_at_last",
         "random_model_init", "tie_emb", "sweep", "save_logit", "save_model", "torch_adamw", "zo_variant_corrected",
-        "zo_sign_elementwise", "fzoo_batched"),
+        "fzoo_batched"),
     "free text / any integer (only copied to the log or a file name)": ("tag", "array_id", "model_id"),
-    "refused when set (arguments.check_unsupported)": (
-        "debug_mode", "random_segment", "use_task_word", "sfc", "icl_sfc", "num_demo", "template_path", "mapping_path",
-        "prompt_path", "template_id", "mapping_id", "prompt_id", "top_n_template", "sfc_prompt",
-        "use_full_length", "gpt3_in_context_head", "gpt3_in_context_tail", "gpt3_in_context_num",
-        "gpt3_demo_separator", "fix_layers", "optimizer_variant", "hf_inference_model",
-        "efficient_zero_order_fp16", "untie_emb", "kernel_formula", "kernel_solver", "load_kernels",
-        "overwrite_kernels", "exclude_embeddings", "exclude_head", "only_biases", "exclude_first_layers",
-        "sync_embedding_layers", "kernel_regularization", "kernel_gamma", "binary_classification",
-        "adjust_for_init", "f0_scaling", "num_hvp_vecs", "mc_tol"),
+    "refused when set (mezo.config.legacy.check_refused)": tuple(
+        name for g in (LegacyModelArguments, LegacyDataArguments, LegacyTrainingArguments) for name in refused_fields(g)),
+    "a method's choices, declared next to it (mezo.zo.methods)": tuple(
+        name for name, hp in method_hparams().items() if hp.choices),
     "stock TrainingArguments fields re-defaulted here (checked by TrainingArguments or run.py)": (
         "report_to", "save_strategy", "resume_from_checkpoint", "remove_unused_columns", "disable_tqdm"),
 }

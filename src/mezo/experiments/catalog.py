@@ -28,6 +28,13 @@ class Method:
     note: str = ""
 
 
+def zo_flags(method: str, **hyper) -> tuple:
+    """run.py flags of a --zo_method and its hyper-parameters, named as the method declares them."""
+    from mezo.zo.methods import OPTIMIZERS
+    declared = OPTIMIZERS[method].hyper
+    return ("--zo_method", method, *(x for k, v in hyper.items() for x in ("--" + declared[k].flag, v)))
+
+
 def _ft_grid(k):
     return {"bs": ("8", "16", "32") if k >= 512 else ("2", "4", "8"), "lr": ("1e-5", "3e-5", "5e-5")}
 
@@ -48,31 +55,31 @@ def methods(k: int) -> Dict[str, Method]:
                note="Table 3 (accuracy objective); grid assumed = MeZO's"),
         # The zeroth-order family (--zo_method; README "The zeroth-order family"). Grids: what each
         # source gives for RoBERTa-large K=16, else MeZO's (the note says which).
-        Method("zo-sign", "mezo.sh", "mezo-sign", "sign", mezo_grid, ("--zo_method", "sign"),
+        Method("zo-sign", "mezo.sh", "mezo-sign", "sign", mezo_grid, zo_flags("sign"),
                note="ZO-Bench gives no RoBERTa-large grid or step count; MeZO's assumed (100,000 steps)"),
-        Method("zo-cons", "mezo.sh", "mezo-cons", "cons", mezo_grid, ("--zo_method", "conservative"),
+        Method("zo-cons", "mezo.sh", "mezo-cons", "cons", mezo_grid, zo_flags("conservative"),
                note="ZO-Bench gives no RoBERTa-large grid or step count; MeZO's assumed (100,000 steps)"),
         Method("zo-momentum", "mezo.sh", "mezo-momentum", "momentum", mezo_grid,
-               ("--zo_method", "momentum", "--zo_momentum", "0.9"),
+               zo_flags("momentum", momentum="0.9"),
                note="ZO-Bench gives no RoBERTa-large grid or step count; MeZO's assumed (100,000 steps; momentum 0.9 as in its sweeps)"),
         Method("zo-adam", "mezo.sh", "mezo-zoadam", "zoadam",
-               {"bs": ("64",), "lr": ("1e-6", "1e-5", "1e-4"), "eps": ("1e-3",), "wd": ("0",)}, ("--zo_method", "adam"),
+               {"bs": ("64",), "lr": ("1e-6", "1e-5", "1e-4"), "eps": ("1e-3",), "wd": ("0",)}, zo_flags("adam"),
                note="ZO-Bench gives no RoBERTa-large grid or step count; MeZO-Adam's assumed (100,000 steps)"),
         Method("hizoo", "mezo.sh", "mezo-hizoo", "hizoo",
                {"bs": ("64",), "lr": ("1e-6",), "eps": ("1e-3",), "wd": ("0",)},
-               ("--zo_method", "hizoo", "--hizoo_alpha", "1e-6"),
+               zo_flags("hizoo", alpha="1e-6"),
                note="the HiZOO medium_models README's SST-2 point; 100,000 steps (its HiZOO.sh default); the paper's grid (appendix) not read"),
         Method("lozo", "mezo.sh", "mezo-lozo", "lozo",
                {"bs": ("64",), "lr": ("1e-7", "1e-6"), "eps": ("1e-3",), "wd": ("0",)},
-               ("--zo_method", "lozo", "--lozo_rank", "4", "--lozo_nu", "100"),
+               zo_flags("lozo", rank="4", nu="100"),
                note="LOZO medium_models README's SST-2 command (lr 1e-7, nu 100) and lozo.sh default (1e-6); 100,000 steps (lozo.sh); the paper's grid not read"),
         Method("lozo-m", "mezo.sh", "mezo-lozom", "lozom",
                {"bs": ("64",), "lr": ("1e-7", "1e-6"), "eps": ("1e-3",), "wd": ("0",)},
-               ("--zo_method", "lozo_m", "--lozo_rank", "4", "--lozo_nu", "100", "--lozo_beta1", "0.9"),
+               zo_flags("lozo_m", rank="4", nu="100", beta1="0.9"),
                note="as LOZO; beta1 0.9 as the repo's BETA1"),
         Method("fzoo", "mezo.sh", "mezo-fzoo", "fzoo",
                {"bs": ("64",), "lr": ("1e-9", "1e-8", "1e-7"), "eps": ("1e-3",), "wd": ("0",)},
-               ("--zo_method", "fzoo", "--fzoo_n", "8"),
+               zo_flags("fzoo", n="8"),
                note="no RoBERTa setting published: the grid brackets the public code's only default (DKmiyan/FZOO "
                     "fzoo.sh, OPT-1.3B: lr 1e-5 in its units = 1.07e-8 here, N 8, eps 1e-3, bs 16, 20,000 steps); "
                     "MeZO's 100,000 steps assumed"),
