@@ -21,17 +21,9 @@ import torch
 from torch import nn
 
 from mezo.errors import UsageError
+from mezo.models.surgery import self_attentions
 
 TARGETS = ("query", "value")
-
-
-def find_self_attentions(model: nn.Module):
-    """(name, module) of every self-attention with `query`, `key`, `value` nn.Linear projections."""
-    found = []
-    for name, module in model.named_modules():
-        if all(isinstance(getattr(module, a, None), nn.Linear) for a in ("query", "key", "value")):
-            found.append((name, module))
-    return found
 
 
 class LoRALinear(loralib.Linear):
@@ -67,11 +59,7 @@ def inject_lora(model: nn.Module, r: int, alpha: int) -> int:
     """Replace `query` and `value` of every self-attention by LoRA linears; returns #LoRA parameters."""
     if not r or r < 1:
         raise UsageError(f"--lora_r {r}: must be >= 1")
-    attentions = find_self_attentions(model)
-    if not attentions:
-        kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-        raise UsageError(f"--apply_lora: model type {kind!r} is not supported (LoRA needs RoBERTa/BERT-style "
-                         "self-attention with query/key/value linear layers)")
+    attentions = self_attentions(model, "--apply_lora")
     added = 0
     for _, attn in attentions:
         for target in TARGETS:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from mezo.errors import UsageError
-from mezo.models.lora import find_self_attentions
+from mezo.models.surgery import find_self_attentions, self_attentions
 
 EMBED_DIM = 512
 MID_DIM = 512
@@ -63,11 +63,7 @@ def _mlp(hidden: int) -> nn.Sequential:
 
 def _attention_blocks(model):
     """(attention block, its self-attention) pairs: prefixes live on the block (`…attention`)."""
-    selfs = find_self_attentions(model)
-    if not selfs:
-        kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-        raise UsageError(f"--prefix_tuning: model type {kind!r} is not supported (needs RoBERTa/BERT-style "
-                         "self-attention with query/key/value linear layers)")
+    selfs = self_attentions(model, "--prefix_tuning")
     modules = dict(model.named_modules())
     blocks = []
     for name, attn in selfs:
