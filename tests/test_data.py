@@ -1,4 +1,4 @@
-"""Few-shot datasets, demonstrations, collation and logit averaging (spec §3.4-3.6).
+"""Few-shot datasets, demonstrations, collation and logit averaging (docs/behaviour.md, "Demonstrations").
 
 Tasks are small stand-ins with the mezo.data.tasks.Task API so these tests do not read files.
 """
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mezo.data.datasets import Collator, average_over_samples, build_dataset, example_sentences
+from mezo.data.prompt import PromptSpec
 from mezo.errors import UsageError
 from mezo.data.templates import auto_demo_template, label_word_ids, render
 
@@ -54,13 +55,22 @@ def nli_examples(n, prefix="train"):
     return [Ex(f"{prefix}-{i}", f"P{i}.", f"H{i}.", NLI_LABELS[i % 3]) for i in range(n)]
 
 
+def build(split, queries, supports, tok, *, task, template=None, label_word_ids=None, prompt=True, demo=False,
+          data_dir=None, seed=None, **rendering):
+    """build_dataset with the PromptSpec these settings make (few_shot_type from prompt / demo)."""
+    spec = PromptSpec(few_shot_type="prompt-demo" if demo else "prompt" if prompt else "finetune",
+                      template=template, rendered_template=template,
+                      label_word_ids=None if label_word_ids is None else tuple(label_word_ids), **rendering)
+    return build_dataset(split, queries, supports, tok, task=task, spec=spec, data_dir=data_dir, seed=seed)
+
+
 def nli_dataset(split, queries, supports, tok, **kw):
     lw = label_word_ids(tok, {"contradiction": "No", "entailment": "Yes", "neutral": "Maybe"},
                         NLI_LABELS)
     args = dict(task=MNLI, template=auto_demo_template(NLI, 3), label_word_ids=lw, prompt=True,
                 demo=True, max_seq_length=256, num_sample=1, seed=0)
     args.update(kw)
-    return build_dataset(split, queries, supports, tok, **args)
+    return build(split, queries, supports, tok, **args)
 
 
 # ----------------------------------------------------------------------------- auto demo template
@@ -178,13 +188,13 @@ def test_no_demo_num_sample_is_one(roberta_tokenizer):
     lw = label_word_ids(tok, {"0": "terrible", "1": "great"}, ["0", "1"])
     train, test = sst2_examples(6), sst2_examples(5, "test")
     for split, ex in (("train", train), ("test", test)):
-        ds = build_dataset(split, ex, train, tok, task=SST2, template=SENT, label_word_ids=lw,
+        ds = build(split, ex, train, tok, task=SST2, template=SENT, label_word_ids=lw,
                            prompt=True, demo=False, max_seq_length=128, num_sample=16)
         assert ds.num_sample == 1 and len(ds) == len(ex)
         item = ds[1]
         assert item == dict(render(SENT, [ex[1].text_a], tok, lw), label=1)
     # demo dataset for train also has num_sample 1
-    assert build_dataset("train", train, None, tok, task=SST2, template=auto_demo_template(SENT, 2),
+    assert build("train", train, None, tok, task=SST2, template=auto_demo_template(SENT, 2),
                          label_word_ids=lw, demo=True, num_sample=16, seed=0).num_sample == 1
 
 
@@ -200,7 +210,7 @@ def test_double_demo_and_truncate_head(roberta_tokenizer):
     assert all(th[i]["input_ids"][-1] == tok.sep_token_id for i in range(3))
     # truncate_head is ignored without demonstrations
     lw = label_word_ids(tok, {"0": "terrible", "1": "great"}, ["0", "1"])
-    nd = build_dataset("test", sst2_examples(2), None, tok, task=SST2,
+    nd = build("test", sst2_examples(2), None, tok, task=SST2,
                        template="*cls**mask**sent_0**sep*", label_word_ids=lw, demo=False,
                        max_seq_length=3, truncate_head=True, double_demo=True)
     assert nd[0]["input_ids"][:2] == [0, 4] and len(nd[0]["input_ids"]) == 3
@@ -240,7 +250,7 @@ def test_regression_labels_and_buckets(roberta_tokenizer):
     lw = label_word_ids(tok, {"0": "No", "1": "Yes"}, [None], "regression")
     scores = [0.0, 2.5, 2.6, 5.0, 1.0, 4.0]
     train = [Ex(f"train-{i}", f"P{i}.", f"H{i}.", str(s)) for i, s in enumerate(scores)]
-    ds = build_dataset("train", train, None, tok, task=STSB, template=auto_demo_template(NLI, 2),
+    ds = build("train", train, None, tok, task=STSB, template=auto_demo_template(NLI, 2),
                        label_word_ids=lw, demo=True, max_seq_length=256, seed=0)
     assert ds.support_buckets == [0, 0, 1, 1, 0, 1]  # <= median (2.5) vs > median
     for q in range(6):
@@ -257,13 +267,13 @@ def test_regression_labels_and_buckets(roberta_tokenizer):
 
 def test_finetune_dataset(roberta_tokenizer, bert_tokenizer):
     ex = [Ex("t-0", "The cat sat.", "A cat is sitting.", "entailment")]
-    ds = build_dataset("test", ex, None, bert_tokenizer, task=MNLI, prompt=False, demo=False,
+    ds = build("test", ex, None, bert_tokenizer, task=MNLI, prompt=False, demo=False,
                        max_seq_length=128)
     item = ds[0]
     assert "mask_pos" not in item and item["label"] == 1
     assert item["token_type_ids"][0] == 0 and item["token_type_ids"][-1] == 1
-    with pytest.raises(UsageError, match="--few_shot_type"):
-        build_dataset("test", ex, None, roberta_tokenizer, task=MNLI, prompt=False, demo=True)
+    with pytest.raises(UsageError, match="--few_shot_type"):   # demonstrations need a prompt
+        PromptSpec(few_shot_type="finetune-demo")
 
 
 def test_example_sentences():
@@ -275,15 +285,15 @@ def test_example_sentences():
 
 def test_dataset_rejects_bad_template(roberta_tokenizer):
     with pytest.raises(UsageError, match="no \\*mask\\*"):
-        build_dataset("dev", sst2_examples(2), None, roberta_tokenizer, task=SST2,
+        build("dev", sst2_examples(2), None, roberta_tokenizer, task=SST2,
                       template="*cls**sent_0*", label_word_ids=[1, 2])
     with pytest.raises(UsageError, match="--template: required"):
-        build_dataset("dev", sst2_examples(2), None, roberta_tokenizer, task=SST2,
+        build("dev", sst2_examples(2), None, roberta_tokenizer, task=SST2,
                       template=None, label_word_ids=[1, 2])
 
 
 def test_unlabelled_examples_have_no_label(roberta_tokenizer):
-    ds = build_dataset("test", [Ex("t", "a b")], None, roberta_tokenizer, task=SST2,
+    ds = build("test", [Ex("t", "a b")], None, roberta_tokenizer, task=SST2,
                        template=SENT, label_word_ids=[1, 2])
     assert "label" not in ds[0]
     assert "labels" not in Collator(1)([ds[0]])
@@ -321,7 +331,7 @@ def test_collator_on_dataset(roberta_tokenizer):
     ex = [Ex("a", "great"), Ex("b", "The cat sat. The cat sat.")]
     for e, lab in zip(ex, "01"):
         e.label = lab
-    ds = build_dataset("test", ex, None, tok, task=SST2, template=SENT, label_word_ids=lw)
+    ds = build("test", ex, None, tok, task=SST2, template=SENT, label_word_ids=lw)
     b = Collator(tok.pad_token_id)([ds[0], ds[1]])
     n0, n1 = len(ds[0]["input_ids"]), len(ds[1]["input_ids"])
     assert b["input_ids"].shape == (2, max(n0, n1)) and n0 < n1

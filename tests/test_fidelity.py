@@ -1,7 +1,7 @@
 """Numbers equal to the original's on paths where they used to differ (issue: faithful numbers).
 
-Each expectation is a literal re-statement of the original's rule (spec §3.4, §5.1, §5.2, §5.7),
-computed here without the project's code path.
+Each expectation is a literal re-statement of the original's rule (docs/behaviour.md: "Demonstrations",
+"The MeZO step", "Training loop and model selection"), computed here without the project's code path.
 """
 import math
 
@@ -17,6 +17,7 @@ from mezo.data import datasets as data
 from mezo.zo import methods as zo   # the optimizers call mezo_step from here
 from mezo.config.arguments import MezoTrainingArguments, parse_args
 from mezo.data.datasets import Collator
+from mezo.data.prompt import PromptSpec
 from mezo.models.prompt_mlm import PromptMLM
 from mezo.data.tasks import get_task
 from mezo.training.callbacks import BestDevCallback
@@ -92,7 +93,8 @@ def test_test_demos_continue_the_dev_stream(tmp_path, bert_tokenizer, monkeypatc
         chosen[self.split].append(out)
         return out
     monkeypatch.setattr(data.FewShotDataset, "select_demos", spy)
-    run.build_data(model_args, data_args, training_args, task, bert_tokenizer)
+    spec = PromptSpec.from_args(model_args, data_args, task)
+    run.build_data(spec, data_args, training_args, task, bert_tokenizer)
 
     # The original: NumPy's global stream seeded with --seed once; dev (sample-major) then test.
     train = task.read_examples(split, "train")

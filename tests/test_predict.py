@@ -17,6 +17,8 @@ import tiny
 from mezo.models import export
 from mezo.data.tasks import get_task
 from mezo.cli import predict
+from mezo.config.arguments import parse_args
+from mezo.data.prompt import PromptSpec
 
 TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
 MAPPING = "{0:'terrible',1:'great'}"
@@ -27,14 +29,18 @@ def small_data(tmp_path_factory):
     return tiny.small_uci_split(tmp_path_factory.mktemp("data") / "uci-sentiment" / "16-42", 12)
 
 
-def train_and_save(model_dir, data, out, *extra):
-    rc = run.main(["--model_name_or_path", model_dir, "--task_name", "uci-sentiment", "--data_dir", data,
+def run_argv(model_dir, data, out, *extra):
+    return (["--model_name_or_path", model_dir, "--task_name", "uci-sentiment", "--data_dir", data,
                    "--few_shot_type", "prompt", "--template", TEMPLATE, "--mapping", MAPPING,
                    "--output_dir", str(out), "--log_file", str(out / "log"), "--do_train", "--do_predict",
                    "--max_steps", "2", "--zero_order_optim", "--efficient_zero_order", "--learning_rate", "1e-2",
                    "--per_device_train_batch_size", "8", "--optimizer", "sgd", "--lr_scheduler_type", "constant",
                    "--seed", "42", "--disable_tqdm", "true", "--per_device_eval_batch_size", "5",
                    "--save_model", "--save_logit", *extra])
+
+
+def train_and_save(model_dir, data, out, *extra):
+    rc = run.main(run_argv(model_dir, data, out, *extra))
     assert rc == 0
     return np.load(out / "uci-sentiment--1--1.npy"), out / "model"
 
@@ -142,9 +148,9 @@ def test_pair_inputs_are_split_at_the_tab():
 
 def test_prompt_demo_model_predicts_with_its_stored_demonstrations(tmp_path, small_data, tiny_roberta_dir, one_thread):
     """prompt-demo: the folder keeps the training examples; the same seeded demo draws give the same logits."""
-    memory, folder = train_and_save(tiny_roberta_dir, small_data, tmp_path, "--few_shot_type", "prompt-demo",
-                                    "--num_sample", "2", "--max_seq_length", "250", "--first_sent_limit", "40",
-                                    "--other_sent_limit", "40")
+    demo_flags = ("--few_shot_type", "prompt-demo", "--num_sample", "2", "--max_seq_length", "250",
+                  "--first_sent_limit", "40", "--other_sent_limit", "40")
+    memory, folder = train_and_save(tiny_roberta_dir, small_data, tmp_path, *demo_flags)
     texts = sentences_of(small_data)
     logits = np.stack([r[2] for r in predict.predict(str(folder), texts)])
     np.testing.assert_allclose(logits, memory, rtol=0, atol=2e-6)
@@ -152,3 +158,8 @@ def test_prompt_demo_model_predicts_with_its_stored_demonstrations(tmp_path, sma
     train = get_task("uci-sentiment").read_examples(small_data, "train")
     assert [d["text_a"] for d in meta["demonstrations"]] == [e.text_a for e in train]
     assert meta["rendered_template"].startswith(TEMPLATE) and "*label_1*" in meta["rendered_template"]
+    # the folder carries the run's PromptSpec: read back, it is the one the run's arguments build
+    model_args, data_args, _, _ = parse_args(run_argv(tiny_roberta_dir, small_data, tmp_path, *demo_flags))
+    exp = export.load(str(folder), device="cpu")
+    want = PromptSpec.from_args(model_args, data_args, get_task("uci-sentiment")).with_tokenizer(exp.tokenizer)
+    assert exp.spec == want and want.demo and want.num_sample == 2 and want.first_sent_limit == 40

@@ -23,8 +23,10 @@ logger = logging.getLogger("run")
 
 
 def validate(model_args, data_args, training_args, adapter_args, task):
-    """What needs the task or the file system, before any model loads; each failure names its flag or file."""
-    from mezo.data import templates
+    """What needs the task or the file system, before any model loads; each failure names its flag or file.
+
+    Returns the run's PromptSpec (building it checks the template and the mapping)."""
+    from mezo.data.prompt import PromptSpec
 
     a = training_args
     if not os.path.isdir(data_args.data_dir):
@@ -34,19 +36,14 @@ def validate(model_args, data_args, training_args, adapter_args, task):
         path = task.split_path(data_args.data_dir, split)
         if not os.path.isfile(path):
             raise UsageError(f"--data_dir {data_args.data_dir}: missing split file {path}")
-    if model_args.prompt:
-        if not data_args.template:
-            raise UsageError(f"--template: required with --few_shot_type {model_args.few_shot_type}")
-        templates.validate_template(data_args.template, prompt=True)
-        if not data_args.mapping:
-            raise UsageError(f"--mapping: required with --few_shot_type {model_args.few_shot_type}")
-        templates.parse_mapping(data_args.mapping)
-    # Flag values and combinations are checked by the argument dataclasses (src/mezo/arguments.py);
+    spec = PromptSpec.from_args(model_args, data_args, task)
+    # Flag values and combinations are checked by the argument dataclasses (mezo.config.arguments);
     # what needs the task is checked here.
     if a.optimize_acc and task.output_mode == "regression":
         raise UsageError(f"--optimize_acc: task {task.name} is a regression task (no accuracy)")
     if a.prob_as_feature and task.output_mode == "regression":
         raise UsageError(f"--prob_as_feature: task {task.name} is a regression task")
+    return spec
 
 
 def usable_positions(config):
@@ -67,28 +64,25 @@ def template_segments(template) -> int:
     return 1 + sum(any(not (q.kind == "literal" and not q.value) for q in pieces[i + 1:]) for i in seps)
 
 
-def check_segments(model_args, data_args, task, config):
+def check_segments(model_args, spec, config):
     """BERT-style models embed the template's segment ids: they must fit the token-type table
     (demonstration templates have one segment per demonstration; with prompt-demo the table is
     enlarged to models.DEMO_SEGMENTS rows, as the original did)."""
     table = getattr(config, "type_vocab_size", None)
-    if not model_args.prompt or config.model_type in ROBERTA_TYPES or not isinstance(table, int):
+    if not spec.prompt or config.model_type in ROBERTA_TYPES or not isinstance(table, int):
         return
-    from mezo.data import templates
     from mezo.models.prompt_mlm import DEMO_SEGMENTS
-    template = data_args.template
-    if model_args.few_shot_type == "prompt-demo":
+    if spec.demo:
         table = max(table, DEMO_SEGMENTS)
-        if data_args.auto_demo:
-            template = templates.auto_demo_template(template, task.num_labels)
+    template = spec.rendered_template
     n = template_segments(template)
     if n > table:
-        raise UsageError(f"--template {data_args.template!r}: {n} segments (one per *sep+*"
-                         f"{', with demonstrations' if template != data_args.template else ''}) but "
+        raise UsageError(f"--template {spec.template!r}: {n} segments (one per *sep+*"
+                         f"{', with demonstrations' if template != spec.template else ''}) but "
                          f"{model_args.model_name_or_path} ({config.model_type}) has {table} token types")
 
 
-def check_model(model_args, data_args, adapter_args, task=None):
+def check_model(model_args, adapter_args, spec):
     """Model-dependent checks: read the config (not the weights) and check types and lengths against it."""
     from transformers import AutoConfig
 
@@ -101,11 +95,10 @@ def check_model(model_args, data_args, adapter_args, task=None):
                          f"(supported: {', '.join(PEFT_MODEL_TYPES)})")
     limit = usable_positions(config)
     if limit is not None:
-        demo_double = model_args.few_shot_type == "prompt-demo" and data_args.double_demo
-        length = data_args.max_seq_length * (2 if demo_double else 1)
+        length = spec.max_length
         if length > limit:
-            what = f"{length} tokens (doubled by --double_demo)" if demo_double else f"{length} tokens"
-            raise UsageError(f"--max_seq_length {data_args.max_seq_length}: {what} exceed the {limit} positions of "
+            what = f"{length} tokens (doubled by --double_demo)" if length != spec.max_seq_length else f"{length} tokens"
+            raise UsageError(f"--max_seq_length {spec.max_seq_length}: {what} exceed the {limit} positions of "
                              f"{model_args.model_name_or_path} ({config.model_type})")
         # Prefixes are extra attention keys, not input tokens: only their initialisation from real
         # activations runs num_prefix tokens through the model.
@@ -113,8 +106,7 @@ def check_model(model_args, data_args, adapter_args, task=None):
         if a.prefix_tuning and a.prefix_init_by_real_act and a.num_prefix > limit:
             raise UsageError(f"--num_prefix {a.num_prefix}: --prefix_init_by_real_act runs that many tokens "
                              f"through a model with {limit} positions")
-    if task is not None:
-        check_segments(model_args, data_args, task, config)
+    check_segments(model_args, spec, config)
 
 
 def _nearest_existing(path):
@@ -198,43 +190,35 @@ def setup(argv):
 
     model_args, data_args, training_args, adapter_args = parse_args(argv)
     task = get_task(data_args.task_name)
-    validate(model_args, data_args, training_args, adapter_args, task)
+    spec = validate(model_args, data_args, training_args, adapter_args, task)
     out = training_args.output_dir
     if (os.path.isdir(out) and os.listdir(out) and training_args.do_train
             and not training_args.overwrite_output_dir and not training_args.resume_from_checkpoint):
         raise UsageError(f"--output_dir {out}: exists and is not empty (pass --overwrite_output_dir)")
     check_paths(model_args, data_args, training_args)
     resume = resolve_resume(model_args, data_args, training_args, adapter_args)
-    check_model(model_args, data_args, adapter_args, task)
+    check_model(model_args, adapter_args, spec)
     set_seed(training_args.seed)
-    return model_args, data_args, training_args, adapter_args, task, resume
+    return model_args, data_args, training_args, adapter_args, task, spec, resume
 
 
-def build_data(model_args, data_args, training_args, task, tokenizer):
+def build_data(spec, data_args, training_args, task, tokenizer):
+    """The datasets a run needs, rendered as ``spec`` says; returns them and the spec with label-word ids."""
     from mezo.data import datasets as data
-    from mezo.data import templates
     from mezo.data.tasks import check_k_shot
 
-    prompt = model_args.prompt
-    demo = model_args.few_shot_type == "prompt-demo"
-    template = data_args.template
-    if demo and data_args.auto_demo:
-        template = templates.auto_demo_template(template, task.num_labels)
-        logger.info("template with demonstrations: %s", template)
-    word_ids = None
-    if prompt:
-        word_ids = templates.label_word_ids(tokenizer, templates.parse_mapping(data_args.mapping),
-                                            task.label_list, task.output_mode)
-        logger.info("label words: %s -> %s", data_args.mapping, word_ids)
+    demo = spec.demo
+    if demo and spec.rendered_template != spec.template:
+        logger.info("template with demonstrations: %s", spec.rendered_template)
+    spec = spec.with_tokenizer(tokenizer)
+    if spec.prompt:
+        logger.info("label words: %s -> %s", spec.mapping, list(spec.label_word_ids))
     a = training_args
     wanted = {"train": a.do_train or a.trainer == "linearhead" or a.from_linearhead,
               "dev": a.do_eval or a.evaluate_during_training, "test": a.do_predict}
     train_examples = task.read_examples(data_args.data_dir, "train") if (wanted["train"] or demo) else None
     if train_examples is not None:
         check_k_shot(task, train_examples, data_args.num_k, task.split_path(data_args.data_dir, "train"))
-    kw = {k: getattr(data_args, k) for k in ("max_seq_length", "first_sent_limit", "other_sent_limit",
-                                             "truncate_head", "double_demo", "num_sample", "demo_filter",
-                                             "demo_filter_rate", "demo_filter_model", "data_dir")}
     # Demonstrations: the original draws them from NumPy's global stream, seeded with --seed before
     # the datasets are built and again before training. So dev's demos and then test's come from
     # one stream (test continues where dev stopped), and training draws from a fresh one.
@@ -244,10 +228,9 @@ def build_data(model_args, data_args, training_args, task, tokenizer):
     for split, on in wanted.items():
         if on:
             examples = train_examples if split == "train" else task.read_examples(data_args.data_dir, split)
-            sets[split] = data.build_dataset(split, examples, train_examples, tokenizer, task=task,
-                                             template=template, label_word_ids=word_ids, prompt=prompt,
-                                             demo=demo, seed=streams[split], **kw)
-    return sets, word_ids
+            sets[split] = data.build_dataset(split, examples, train_examples, tokenizer, task=task, spec=spec,
+                                             data_dir=data_args.data_dir, seed=streams[split])
+    return sets, spec
 
 
 class SampledMetrics:
@@ -283,14 +266,15 @@ def main(argv=None) -> int:
 
 def run(argv=None) -> int:
     start = time.time()
-    model_args, data_args, training_args, adapter_args, task, resume = setup(argv)
-    trainer, datasets, tokenizer = build_trainer(model_args, data_args, training_args, adapter_args, task)
-    summary = train(trainer, datasets, tokenizer, task, resume, model_args, data_args, training_args, adapter_args)
+    model_args, data_args, training_args, adapter_args, task, spec, resume = setup(argv)
+    trainer, datasets, tokenizer, spec = build_trainer(model_args, data_args, training_args, adapter_args, task, spec)
+    summary = train(trainer, datasets, tokenizer, task, spec, resume, model_args, data_args, training_args,
+                    adapter_args)
     finish(trainer, datasets, task, summary, start, model_args, data_args, training_args, adapter_args)
     return 0
 
 
-def build_trainer(model_args, data_args, training_args, adapter_args, task):
+def build_trainer(model_args, data_args, training_args, adapter_args, task, spec):
     """Tokenizer, datasets, model (with LoRA / prefix surgery and freezing) and the Trainer."""
     from mezo.models import prompt_mlm as models
     from mezo.models import adapters as peft
@@ -300,8 +284,8 @@ def build_trainer(model_args, data_args, training_args, adapter_args, task):
 
     tokenizer = models.load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                       model_args.cache_dir)
-    datasets, word_ids = build_data(model_args, data_args, training_args, task, tokenizer)
-    model = models.build_model(model_args, training_args, task, word_ids, model_args.prompt)
+    datasets, spec = build_data(spec, data_args, training_args, task, tokenizer)
+    model = models.build_model(model_args, training_args, task, spec)
     peft.apply(model, adapter_args)
     models.set_trainable(model, adapter_args)
     print(f"trainable parameters: {models.count_trainable(model):,} of {sum(p.numel() for p in model.parameters()):,}")
@@ -310,10 +294,10 @@ def build_trainer(model_args, data_args, training_args, adapter_args, task):
         data_collator=Collator(tokenizer.pad_token_id, getattr(tokenizer, "pad_token_type_id", 0)),
         compute_metrics=SampledMetrics(task), dev_objective=dev_objective,
         arg_groups=(model_args, data_args, training_args, adapter_args))   # the run's fingerprint in checkpoints
-    return trainer, datasets, tokenizer
+    return trainer, datasets, tokenizer, spec
 
 
-def train(trainer, datasets, tokenizer, task, resume, model_args, data_args, training_args, adapter_args) -> dict:
+def train(trainer, datasets, tokenizer, task, spec, resume, model_args, data_args, training_args, adapter_args) -> dict:
     """Linear probe and/or training (best-dev weights restored), saving what was asked; the summary."""
     from mezo.models import prompt_mlm as models
     from mezo.training.callbacks import StartupClock
@@ -338,7 +322,7 @@ def train(trainer, datasets, tokenizer, task, resume, model_args, data_args, tra
         save_trainable(model, a.output_dir)
     if a.save_model and trainer.is_world_process_zero():
         from mezo.models import export
-        print(f"model saved to {export.save(model, tokenizer, datasets, task, model_args, data_args, a, adapter_args)}")
+        print(f"model saved to {export.save(model, tokenizer, datasets, task, spec, model_args, data_args, a, adapter_args)}")
     return summary
 
 

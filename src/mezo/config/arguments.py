@@ -27,6 +27,7 @@ from mezo.config.fields import REFUSED, RUN_DEFINING, flag as _f
 from mezo.config.legacy import (LegacyDataArguments, LegacyModelArguments, LegacyTrainingArguments,
                                 check_refused)
 from mezo.config.zo import ZeroOrderArguments
+from mezo.data.prompt import FEW_SHOT_TYPES
 from mezo.errors import UsageError
 
 
@@ -49,15 +50,10 @@ class ModelArguments(LegacyModelArguments):
                             "(prompt + demonstrations); the scripts pass prompt", run=True)
     l2_loss: bool = _f(False, "classification loss = MSE between label-word logits and one-hot labels", run=True)
 
-    @property
-    def prompt(self) -> bool:
-        """Prompt-based (an MLM head at the mask) rather than a classification head."""
-        return "prompt" in self.few_shot_type
-
     def __post_init__(self):
         ranges.check(self)
-        if self.few_shot_type not in ("finetune", "prompt", "prompt-demo"):
-            raise UsageError(f"--few_shot_type {self.few_shot_type!r}: expected finetune, prompt or prompt-demo")
+        if self.few_shot_type not in FEW_SHOT_TYPES:
+            raise UsageError(f"--few_shot_type {self.few_shot_type!r}: expected {', '.join(FEW_SHOT_TYPES)}")
 
 
 @dataclass
@@ -248,7 +244,7 @@ def _one_line_error(message):
 def build_parser() -> ArgumentParser:
     from mezo.config.ranges import annotate
     parser = ArgumentParser((ModelArguments, DataArguments, MezoTrainingArguments, AdapterArguments))
-    annotate(parser)  # --help states every range (src/mezo/ranges.py)
+    annotate(parser)  # --help states every range (mezo.config.ranges)
     parser.error = _one_line_error
     return parser
 

@@ -1,4 +1,4 @@
-"""Few-shot datasets (with optional demonstrations), collation and logit averaging (spec §3.4-3.6).
+"""Few-shot datasets (with optional demonstrations), collation and logit averaging (docs/behaviour.md, "Demonstrations").
 
 Demonstration RNG: ``seed=None`` (the default, and what run.py should pass for fidelity) draws
 the demo permutations from NumPy's *global legacy* RNG, exactly like the reference (run.py seeds
@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset, RandomSampler
 
 from mezo.errors import UsageError
+from mezo.data.prompt import PromptSpec
 from mezo.data.templates import render, render_finetune, validate_template
 
 SPLITS = ("train", "dev", "test")
@@ -56,36 +57,34 @@ def _embedding_split_name(task_name: str, split: str) -> str:
 
 
 class FewShotDataset(Dataset):
-    """Queries x ``num_sample`` items.  See ``build_dataset`` for the arguments."""
+    """Queries x ``num_sample`` items, rendered as ``spec`` says.  See ``build_dataset`` for the arguments."""
 
-    def __init__(self, split, examples, support_examples, tokenizer, *, task, template,
-                 label_word_ids, prompt, demo, max_seq_length, first_sent_limit,
-                 other_sent_limit, truncate_head, double_demo, num_sample, demo_filter,
-                 demo_filter_rate, demo_filter_model, data_dir, seed):
+    def __init__(self, split, examples, support_examples, tokenizer, *, task, spec: PromptSpec,
+                 data_dir=None, seed=None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if demo and not prompt:
-            raise UsageError("--few_shot_type: demonstrations need a prompt (use prompt-demo)")
         self.split = split
+        self.spec = spec
         self.task = _get_task(task)
         self.tokenizer = tokenizer
         self.queries = list(examples)
         self.supports = list(self.queries if support_examples is None and split == "train"
                              else (support_examples or []))
-        self.template = template
-        self.label_word_ids = label_word_ids
-        self.prompt = bool(prompt)
-        self.demo = bool(demo)
+        self.template = spec.rendered_template
+        self.label_word_ids = None if spec.label_word_ids is None else list(spec.label_word_ids)
+        self.prompt = spec.prompt
+        self.demo = spec.demo
         self.regression = self.task.output_mode == "regression"
-        self.max_length = max_seq_length * 2 if (self.demo and double_demo) else max_seq_length
-        self.first_sent_limit = first_sent_limit
-        self.other_sent_limit = other_sent_limit
-        self.truncate_head = bool(truncate_head) and self.demo  # only honoured with demos
+        self.max_length = spec.max_length
+        self.first_sent_limit = spec.first_sent_limit
+        self.other_sent_limit = spec.other_sent_limit
+        self.truncate_head = bool(spec.truncate_head) and self.demo  # only honoured with demos
+        num_sample = spec.num_sample
         self.rng = (np.random if seed is None else seed if isinstance(seed, np.random.RandomState)
                     else np.random.RandomState(seed))
         self._encode_cache: dict = {}  # text -> token ids, shared by this dataset's renders
         if self.prompt:
-            validate_template(template, prompt=True)
+            validate_template(self.template, prompt=True)
 
         if split == "train" or not self.demo:
             self.num_sample = 1
@@ -102,8 +101,8 @@ class FewShotDataset(Dataset):
             self.support_buckets = [self._bucket(ex) for ex in self.supports]
             self._all = list(range(len(self.supports)))
             self.candidates = None  # per-query candidate lists (only with --demo_filter)
-            if demo_filter:
-                self.candidates = self._filtered_candidates(demo_filter_rate, demo_filter_model,
+            if spec.demo_filter:
+                self.candidates = self._filtered_candidates(spec.demo_filter_rate, spec.demo_filter_model,
                                                             data_dir)
 
         self.features = None
@@ -216,31 +215,18 @@ class FewShotDataset(Dataset):
 
 
 def build_dataset(split: str, examples: Sequence, support_examples: Optional[Sequence],
-                  tokenizer, *, task, template: Optional[str] = None,
-                  label_word_ids: Optional[Sequence[int]] = None, prompt: bool = True,
-                  demo: bool = False, max_seq_length: int = 128,
-                  first_sent_limit: Optional[int] = None, other_sent_limit: Optional[int] = None,
-                  truncate_head: bool = False, double_demo: bool = False, num_sample: int = 16,
-                  demo_filter: bool = False, demo_filter_rate: float = 0.5,
-                  demo_filter_model: Optional[str] = None, data_dir: Optional[str] = None,
-                  seed: Optional[int] = None) -> FewShotDataset:
+                  tokenizer, *, task, spec: PromptSpec, data_dir: Optional[str] = None,
+                  seed=None) -> FewShotDataset:
     """Build the dataset for one split.
 
     split: 'train' | 'dev' | 'test'.  examples: the split's InputExamples (queries).
     support_examples: the training examples demos are drawn from (defaults to ``examples`` for
-    train).  task: a Task (or task name).  prompt: render ``template``; else the no-prompt
-    ``cls A sep [B sep]`` encoding.  demo: add one demonstration per label (needs prompt and an
-    auto-extended template).  num_sample: demo resamplings per dev/test query (1 for train and
-    without demos).  seed: None = NumPy global RNG, int = a private RNG seeded with it, a
-    ``np.random.RandomState`` = that stream, shared with whoever else draws from it.
+    train).  task: a Task (or task name).  spec: how to render (``PromptSpec``; its label-word ids
+    set in prompt modes).  data_dir: where --demo_filter's embedding files are.  seed: None =
+    NumPy global RNG, int = a private RNG seeded with it, a ``np.random.RandomState`` = that
+    stream, shared with whoever else draws from it.
     """
-    return FewShotDataset(split, examples, support_examples, tokenizer, task=task,
-                          template=template, label_word_ids=label_word_ids, prompt=prompt,
-                          demo=demo, max_seq_length=max_seq_length,
-                          first_sent_limit=first_sent_limit, other_sent_limit=other_sent_limit,
-                          truncate_head=truncate_head, double_demo=double_demo,
-                          num_sample=num_sample, demo_filter=demo_filter,
-                          demo_filter_rate=demo_filter_rate, demo_filter_model=demo_filter_model,
+    return FewShotDataset(split, examples, support_examples, tokenizer, task=task, spec=spec,
                           data_dir=data_dir, seed=seed)
 
 

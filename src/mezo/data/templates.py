@@ -1,4 +1,5 @@
-"""Prompt templates, label words and demonstration templates (reference spec §3.1-3.4).
+"""Prompt templates, label words and demonstration templates (docs/behaviour.md: "Prompt templates and
+label words", "Demonstrations").
 
 Template language
 -----------------
@@ -42,8 +43,8 @@ not ``Roberta``.  (The reference tested the upper-case substring ``BERT``, which
 ``transformers`` tokenizer class name contains, so it never passed token types; see
 ``uses_token_type_ids``.)
 
-Label words (§3.3)
-------------------
+Label words
+-----------
 A word starting with ``<``, ``[``, ``.`` or ``,`` is converted as a token string; any other word
 is tokenized as ``' ' + word`` and must give exactly one token (``Ġgreat`` for RoBERTa).  With an
 uncased WordPiece (BERT) tokenizer the leading space is dropped by pre-tokenization, so the rule
@@ -212,7 +213,7 @@ def render(template: str, sentences: Sequence[str], tokenizer,
            label_word_ids: Optional[Sequence[int]] = None, max_length: int = 128,
            first_sent_limit: Optional[int] = None, other_sent_limit: Optional[int] = None,
            truncate_head: bool = False, guid: str = "", cache: Optional[dict] = None) -> dict:
-    """Render one prompt-template input (spec §3.1).
+    """Render one prompt-template input (docs/behaviour.md, "Prompt templates and label words").
 
     Returns ``{input_ids, attention_mask, [token_type_ids], mask_pos}`` with python lists and
     ``mask_pos`` the int index of the first mask token after truncation.  ``cache``: optional
@@ -321,7 +322,7 @@ def match_mapping_keys(mapping: dict, labels: Sequence) -> list:
 
 
 def label_word_id(tokenizer, word: str, mapping=None) -> int:
-    """Token id of one label word (spec §3.3)."""
+    """Token id of one label word (the module docstring's "Label words" rule)."""
     shown = mapping if mapping is not None else word
     if not isinstance(word, str) or word == "":
         raise UsageError(f"--mapping {shown!r}: label word {word!r} must be a non-empty string")
@@ -350,15 +351,19 @@ def label_word_ids(tokenizer, mapping: dict, label_list: Sequence,
     """
     if not isinstance(mapping, dict):
         mapping = parse_mapping(mapping)
+    return [label_word_id(tokenizer, w, mapping) for w in label_words(mapping, label_list, output_mode)]
+
+
+def label_words(mapping: dict, label_list: Sequence, output_mode: str = "classification") -> list:
+    """The mapping's words ordered by ``label_list``; regression: ``[mapping['0'], mapping['1']]``."""
     labels = ["0", "1"] if output_mode == "regression" else list(label_list)
-    words = match_mapping_keys(mapping, labels)
-    return [label_word_id(tokenizer, w, mapping) for w in words]
+    return match_mapping_keys(mapping, labels)
 
 
 # ----------------------------------------------------------------------------- demonstrations
 
 def auto_demo_template(template: str, num_labels: int) -> str:
-    """Append one demonstration slot per label (spec §3.4).
+    """Append one demonstration slot per label (docs/behaviour.md, "Demonstrations").
 
     ``*cls*`` is removed from a copy; the template is a pair template if it contains ``_1``
     anywhere.  For label l the copy gets every ``_0`` -> ``_{n+n*l}`` and (pair) ``_1`` ->

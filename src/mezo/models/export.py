@@ -7,18 +7,20 @@ model was prompted:
     modes) or of the stock sequence classifier (`--few_shot_type finetune`), with the weights as
     trained: the MLM decoder is saved as its own matrix (`tie_word_embeddings: false`, as the
     run trains it untied), and LoRA is merged into the exported copy (W + alpha/r · B A; the live
-    model is never merged, see src/mezo/lora.py);
+    model is never merged, see mezo.models.lora);
   * the tokenizer files;
   * `prefix.safetensors` (prefix tuning only): the per-layer prefix keys and values as explicit
     P×hidden tensors (the reparameterisation MLP evaluated once), named as a direct
-    (`--no_reparam`) injection names them; `load` re-applies them with src/mezo/prefix.py;
-  * `mezo_export.json`: task, template, label words and their ids, labels, few_shot_type,
-    max_seq_length and sentence limits (and the demonstrations for prompt-demo).
+    (`--no_reparam`) injection names them; `load` re-applies them with mezo.models.prefix;
+  * `mezo_export.json`: the run's `mezo.data.prompt.PromptSpec` (template, label words and their
+    ids, few_shot_type, lengths and sentence limits), task and labels, and the demonstrations for
+    prompt-demo.
 
-`predict_logits` renders new sentences with the training code itself (src/data.build_dataset,
-src/templates.render), so a saved model sees exactly the inputs it was trained on.
+`predict_logits` renders new sentences with the training code itself (mezo.data.datasets.build_dataset,
+mezo.data.templates.render), so a saved model sees exactly the inputs it was trained on.
 """
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -91,52 +93,32 @@ def stock_model(model):
 
 # ----------------------------------------------------------------------------- save
 
-def _demo_template(data_args, task) -> str:
-    from mezo.data.templates import auto_demo_template
-    return auto_demo_template(data_args.template, task.num_labels) if data_args.auto_demo else data_args.template
-
-
-def describe(datasets, task, model_args, data_args, training_args, adapter_args, word_ids) -> dict:
-    """The JSON that says how inputs were rendered and what the logits mean."""
-    from mezo.data.templates import match_mapping_keys, parse_mapping
-    prompt = "prompt" in model_args.few_shot_type
-    demo = model_args.few_shot_type == "prompt-demo"
-    ds = next(iter(datasets.values()), None)
-    if ds is not None:
-        template, supports = ds.template, ds.supports
-    else:
-        template = _demo_template(data_args, task) if demo else data_args.template
-        supports = task.read_examples(data_args.data_dir, "train") if demo else []
-    words = None
-    if prompt:
-        keys = ["0", "1"] if task.output_mode == "regression" else task.label_list
-        words = match_mapping_keys(parse_mapping(data_args.mapping), keys)
+def describe(spec, supports, task, training_args, adapter_args, source_model) -> dict:
+    """The JSON that says how inputs were rendered (the run's PromptSpec) and what the logits mean."""
     return {
         "format": FORMAT,
-        "kind": "prompt-mlm" if prompt else "sequence-classification",
+        "kind": "prompt-mlm" if spec.prompt else "sequence-classification",
         "task": task.name, "output_mode": task.output_mode, "label_list": list(task.label_list),
-        "few_shot_type": model_args.few_shot_type, "template": data_args.template,
-        "rendered_template": template if prompt else None, "mapping": data_args.mapping,
-        "label_words": words, "label_word_ids": None if word_ids is None else [int(i) for i in word_ids],
+        **spec.to_dict(),
         "pair": getattr(task, "text_b_col", None) is not None,
-        "max_seq_length": data_args.max_seq_length, "first_sent_limit": data_args.first_sent_limit,
-        "other_sent_limit": data_args.other_sent_limit, "truncate_head": data_args.truncate_head,
-        "double_demo": data_args.double_demo, "num_sample": data_args.num_sample, "seed": training_args.seed,
+        "seed": training_args.seed,
         "demonstrations": [{"text_a": e.text_a, "text_b": e.text_b, "label": e.label} for e in supports]
-        if demo else None,
+        if spec.demo else None,
         "prefix": {"num_prefix": adapter_args.num_prefix, "file": PREFIX_FILE} if adapter_args.prefix_tuning else None,
         "lora": {"r": adapter_args.lora_r, "alpha": adapter_args.lora_alpha, "merged": True}
         if adapter_args.apply_lora else None,
-        "source_model": model_args.model_name_or_path,
+        "source_model": source_model,
     }
 
 
-def save(model, tokenizer, datasets, task, model_args, data_args, training_args, adapter_args, out_dir=None) -> str:
+def save(model, tokenizer, datasets, task, spec, model_args, data_args, training_args, adapter_args,
+         out_dir=None) -> str:
     """Write the export folder (default `<output_dir>/model`); returns its path."""
     from safetensors.torch import save_file
     out_dir = out_dir or os.path.join(training_args.output_dir, "model")
-    word_ids = None if getattr(model, "label_word_ids", None) is None else model.label_word_ids.tolist()
-    meta = describe(datasets, task, model_args, data_args, training_args, adapter_args, word_ids)
+    ds = next(iter(datasets.values()), None)
+    supports = (ds.supports if ds is not None else task.read_examples(data_args.data_dir, "train")) if spec.demo else []
+    meta = describe(spec, supports, task, training_args, adapter_args, model_args.model_name_or_path)
     # Written beside, then swapped in: a crash leaves the old folder, never a mix of two runs' files.
     tmp = out_dir.rstrip(os.sep) + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -161,6 +143,7 @@ class Exported:
     tokenizer: object
     meta: dict
     task: object
+    spec: object          # the run's PromptSpec, read back from the meta
 
     @property
     def label_names(self) -> List[str]:
@@ -187,7 +170,7 @@ def read_meta(model_dir: str) -> dict:
 
 
 def apply_prefix(model, model_dir: str, num_prefix: int) -> None:
-    """Re-inject direct prefixes (src/mezo/prefix.py) and load the saved tensors into them."""
+    """Re-inject direct prefixes (mezo.models.prefix) and load the saved tensors into them."""
     from safetensors.torch import load_file
 
     from mezo.models.prefix import inject_prefix
@@ -206,9 +189,11 @@ def load(model_dir: str, device: Optional[str] = None) -> Exported:
     """The exported classifier in eval mode, ready for `predict_logits`."""
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-    from mezo.models.prompt_mlm import PromptMLM, load_pretrained, load_tokenizer
+    from mezo.data.prompt import PromptSpec
     from mezo.data.tasks import get_task
+    from mezo.models.prompt_mlm import PromptMLM, load_pretrained, load_tokenizer
     meta = read_meta(model_dir)
+    spec = PromptSpec.from_dict(meta)
     task = get_task(meta["task"])
     if list(task.label_list) != list(meta["label_list"]):
         raise UsageError(f"--model {model_dir}: labels {meta['label_list']} differ from task "
@@ -216,7 +201,7 @@ def load(model_dir: str, device: Optional[str] = None) -> Exported:
     tokenizer = load_tokenizer(model_dir)
     if meta["kind"] == "prompt-mlm":
         mlm = load_pretrained(AutoModelForMaskedLM, model_dir)
-        model = PromptMLM(mlm, task.num_labels, meta["label_word_ids"], task.output_mode,
+        model = PromptMLM(mlm, task.num_labels, list(spec.label_word_ids), task.output_mode,
                           getattr(task, "regression_bounds", None),
                           tie_emb=bool(getattr(mlm.config, "tie_word_embeddings", False)))
     else:
@@ -224,7 +209,7 @@ def load(model_dir: str, device: Optional[str] = None) -> Exported:
     if meta.get("prefix"):
         apply_prefix(model, model_dir, meta["prefix"]["num_prefix"])
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
-    return Exported(model, tokenizer, meta, task)
+    return Exported(model, tokenizer, meta, task, spec)
 
 
 # ----------------------------------------------------------------------------- predict
@@ -247,14 +232,10 @@ def predict_logits(exp: Exported, texts: Sequence, batch_size: int = 32) -> np.n
     m = exp.meta
     if not texts:
         return np.zeros((0,) if m["output_mode"] == "regression" else (0, len(m["label_list"])))
-    demo = m["few_shot_type"] == "prompt-demo"
+    spec = dataclasses.replace(exp.spec, demo_filter=False)   # the filter needs training's embedding files
     supports = [InputExample(guid=f"demo-{i}", **d) for i, d in enumerate(m["demonstrations"] or [])]
-    ds = build_dataset("test", examples_from(texts, m["pair"]), supports if demo else None, exp.tokenizer,
-                       task=exp.task, template=m["rendered_template"], label_word_ids=m["label_word_ids"],
-                       prompt=m["kind"] == "prompt-mlm", demo=demo, max_seq_length=m["max_seq_length"],
-                       first_sent_limit=m["first_sent_limit"], other_sent_limit=m["other_sent_limit"],
-                       truncate_head=m["truncate_head"], double_demo=m["double_demo"],
-                       num_sample=m["num_sample"], seed=m["seed"])
+    ds = build_dataset("test", examples_from(texts, m["pair"]), supports if spec.demo else None, exp.tokenizer,
+                       task=exp.task, spec=spec, seed=m["seed"])
     tok = exp.tokenizer
     collate = Collator(tok.pad_token_id, getattr(tok, "pad_token_type_id", 0))
     device = next(exp.model.parameters()).device

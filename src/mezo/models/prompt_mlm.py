@@ -107,7 +107,7 @@ class PromptMLM(nn.Module):
                 y = ((labels.float() - lb) / (ub - lb)).clamp(0, 1)
                 target = torch.stack([1 - y, y], dim=-1)
                 # KL(target || model) with the target given as probabilities (the reference's
-                # log-target flag on probabilities is a bug, spec §9 item 14).
+                # log-target flag on probabilities is a bug; README, Differences from the original code).
                 loss = F.kl_div(logp, target, reduction="batchmean")
             logits = logp[:, 1].exp() * (ub - lb) + lb
         elif labels is not None:
@@ -140,11 +140,12 @@ def load_tokenizer(name_or_path, cache_dir=None):
     return load_pretrained(AutoTokenizer, name_or_path, cache_dir=cache_dir)
 
 
-def build_model(model_args, training_args, task, label_word_ids, prompt: bool):
-    """The classifier for this run: PromptMLM in prompt modes, a stock sequence classifier otherwise."""
+def build_model(model_args, training_args, task, spec):
+    """The classifier for this run: PromptMLM reading ``spec``'s label words in prompt modes, a stock
+    sequence classifier otherwise (``spec``: the run's PromptSpec, label-word ids set)."""
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-    if not prompt:
+    if not spec.prompt:
         kw = {"num_labels": task.num_labels}
         return load_pretrained(AutoModelForSequenceClassification, model_args.model_name_or_path,
                                model_args.cache_dir, model_args.config_name, **kw)
@@ -152,9 +153,9 @@ def build_model(model_args, training_args, task, label_word_ids, prompt: bool):
                           model_args.config_name)
     if training_args.random_model_init:
         mlm.init_weights()
-    if model_args.few_shot_type == "prompt-demo":
+    if spec.demo:
         enlarge_token_types(mlm)
-    return PromptMLM(mlm, task.num_labels, label_word_ids, task.output_mode,
+    return PromptMLM(mlm, task.num_labels, list(spec.label_word_ids), task.output_mode,
                      getattr(task, "regression_bounds", None), model_args.l2_loss, training_args.tie_emb)
 
 
@@ -177,7 +178,7 @@ def enlarge_token_types(mlm, rows: int = DEMO_SEGMENTS) -> None:
 
 
 def set_trainable(model, adapter_args) -> None:
-    """Freezing rules of spec §4.2 (LoRA and prefix tuning add their own parameters first)."""
+    """Freezing rules (docs/behaviour.md, "Freezing rules"; LoRA and prefix tuning add their own parameters first)."""
     names = dict(model.named_parameters())
     prefix = getattr(model, "base_prefix", None) or model.base_model_prefix
     head = getattr(model, "head_name", None)

@@ -6,7 +6,7 @@ before `on_train_begin`.
 
 Why private at all: the stock checkpoint is not atomic and writes the whole model, and the stock
 resume can only load a whole model; this project writes only the trainable parameters, atomically,
-with the extra state a MeZO run needs (src/mezo/checkpoint.py). So exactly two Trainer methods are
+with the extra state a MeZO run needs (mezo.training.checkpoint). So exactly two Trainer methods are
 overridden, here, each handing over to a public method of MezoTrainer. The rest is read or called:
 the stock save helpers (so optimizer, scheduler, scaler and RNG files are the stock ones) and the
 loop's loss counters (so a resumed run logs and reports the same losses as an uninterrupted one).
@@ -17,7 +17,7 @@ OVERRIDDEN = {"_save_checkpoint": ("self", "model", "trial"),
               "_load_from_checkpoint": ("self", "resume_from_checkpoint", "model")}
 CALLED = {"_save_optimizer_and_scheduler": ("self", "output_dir"), "_save_scaler": ("self", "output_dir"),
           "_save_rng_state": ("self", "output_dir"), "_get_output_dir": ("self", "trial"),
-          "_prepare_inputs": ("self", "inputs"), "_get_learning_rate": ("self",)}
+          "_prepare_inputs": ("self", "inputs")}
 # Reset by the loop right before `on_train_begin`, read after each `training_step`.
 LOOP_COUNTERS = ("_tr_loss", "_total_loss_scalar", "_globalstep_last_logged", "_initial_global_step")
 
@@ -46,11 +46,6 @@ def output_dir(trainer: Trainer, trial) -> str:
 def prepare_inputs(trainer: Trainer, inputs):
     """The batch on the device, as the stock training step prepares it."""
     return trainer._prepare_inputs(inputs)
-
-
-def learning_rate(trainer: Trainer) -> float:
-    """The scheduler's current learning rate."""
-    return trainer._get_learning_rate()
 
 
 def loop_counters(trainer: Trainer) -> dict:
