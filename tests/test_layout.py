@@ -108,3 +108,12 @@ def test_readme_layout_lists_every_module_of_the_package(repo_root):
             if p.is_dir() and (p / "__init__.py").exists()}
     listed = _readme_layout(repo_root)
     assert listed == files | dirs, (sorted(listed - files - dirs), sorted(files | dirs - listed))
+
+
+def test_tests_mirror_the_package():
+    """One test folder per sub-package (package-wide tests at the top), every test file in one."""
+    tests = SRC.parent / "tests"
+    subpackages = {p.name for p in (SRC / "mezo").iterdir() if (p / "__init__.py").exists()}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == subpackages
+    assert {p.name for p in tests.glob("test_*.py")} == {"test_layout.py"}

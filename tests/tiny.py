@@ -7,6 +7,8 @@ import os
 
 import torch
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the checkout
+
 CORPUS = [
     "It was great. It was terrible. It was good. It was bad. It was okay.",
     "a gorgeous film . The cat sat. A cat is sitting. Yes No Maybe",
@@ -68,8 +70,7 @@ def build_tiny_bert(out_dir: str, seed: int = 0, **config_overrides):
 def small_uci_split(dst, test_rows=40):
     """The committed uci-sentiment 16-42 split in `dst`, with the test set cut to `test_rows` sentences."""
     import shutil
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    src = os.path.join(root, "data/k-shot-1k-test/uci-sentiment/16-42")
+    src = os.path.join(ROOT, "data/k-shot-1k-test/uci-sentiment/16-42")
     os.makedirs(dst, exist_ok=True)
     for name in ("train.csv", "dev.csv"):
         shutil.copy(os.path.join(src, name), os.path.join(dst, name))
@@ -148,3 +149,36 @@ def zo_step(opt, closure, seed, lr):
         g["lr"] = lr
     opt.step(closure, seed=seed)
     return opt.last
+
+
+# ----------------------------------------------------------------------------- models and trainers
+def prompt_model(path, dropout=None, words=(10, 20), **kw):
+    """A PromptMLM (2 labels, label words `words`) over the tiny masked LM saved at `path`;
+    `dropout` overrides both dropout probabilities of its config."""
+    from transformers import AutoModelForMaskedLM
+
+    from mezo.models.prompt_mlm import PromptMLM
+    over = {} if dropout is None else dict(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    return PromptMLM(AutoModelForMaskedLM.from_pretrained(path, **over), 2, list(words), **kw)
+
+
+# What the suite's trainers share: CPU, seed 3, every step logged, nothing reported or drawn.
+TRAINER_ARGS = dict(per_device_train_batch_size=4, per_device_eval_batch_size=8, learning_rate=1e-3, max_steps=3,
+                    logging_steps=1, seed=3, disable_tqdm=True, use_cpu=True, report_to="none")
+# MeZO on the direct path, the step of mezo.sh
+MEZO_ARGS = dict(zero_order_optim=True, efficient_zero_order=True, zero_order_eps=1e-3, optimizer="sgd")
+
+
+def trainer(tmp_path, model, *, zo=True, cls=None, train_dataset=None, eval_dataset=None, compute_metrics=None,
+            dev_objective=None, **args):
+    """A MezoTrainer over `model` with TRAINER_ARGS (and MEZO_ARGS when `zo`), overridden by `args`;
+    trains on `mask_dataset()` unless given another dataset; collates with pad id 1."""
+    from mezo.config.arguments import MezoTrainingArguments
+    from mezo.data.datasets import Collator
+    from mezo.training.trainer import MezoTrainer
+    targs = MezoTrainingArguments(**{"output_dir": str(tmp_path / "out"), **TRAINER_ARGS,
+                                     **(MEZO_ARGS if zo else {}), **args})
+    return (cls or MezoTrainer)(
+        model=model, args=targs, train_dataset=mask_dataset() if train_dataset is None else train_dataset,
+        eval_dataset=eval_dataset, data_collator=Collator(1), compute_metrics=compute_metrics,
+        dev_objective=dev_objective or (lambda m: m.get("eval_acc", 0.0)))

@@ -7,7 +7,7 @@
     python tools/bench_mezo.py --methods all         # also every --zo_method (or e.g. --methods mezo,fzoo)
 
 The model is a randomly initialised RobertaForMaskedLM of the chosen shape (nothing is
-downloaded) wrapped as the project's prompt-based classifier (src/mezo/models.py: loss = cross-entropy
+downloaded) wrapped as the project's prompt-based classifier (mezo.models.prompt_mlm.PromptMLM: loss = cross-entropy
 over two label words at the mask). All parameters are trainable, as in full MeZO. Measured, each
 after a warm-up and as the median over --reps repetitions run interleaved (so that other load on
 the machine hits every variant alike):
@@ -122,7 +122,7 @@ def build_method(name, params):
 
 # ---------------------------------------------------------------------------- model and batch
 class _LocalPromptMLM(torch.nn.Module):
-    """Fallback when src/mezo/models.py is unusable: loss at the mask over two label words."""
+    """Fallback when mezo.models.prompt_mlm is unusable: loss at the mask over two label words."""
 
     def __init__(self, mlm, label_word_ids):
         super().__init__()

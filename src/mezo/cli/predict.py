@@ -4,7 +4,7 @@
     python tools/predict.py --model DIR --file sentences.txt           # one sentence per line
     python tools/predict.py --model DIR --pair "A man sleeps.<TAB>Nobody sleeps."   # RTE, MNLI, ...
 
-Inputs are rendered with the run's own template code (src/mezo/data.py, src/mezo/templates.py) from the
+Inputs are rendered with the run's own template code (mezo.data.datasets, mezo.data.templates) from the
 template, label words and length limits stored in the folder's mezo_export.json. One line per
 input: the predicted label (and its label word), the probability of every label, the input; for
 a regression task (STS-B) the score. --json prints one JSON object per line instead.

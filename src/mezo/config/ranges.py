@@ -5,7 +5,7 @@ methods' hyper-parameters come with their ranges from their declarations (``mezo
 wording is appended to the flag's --help text (`annotate`) and quoted in the one-line error, so
 the help and the check cannot disagree; each dataclass's `__post_init__` calls `check`. `NO_RANGE` lists, with the reason, the fields of the
 project's own groups that need no numeric range (switches, choices checked elsewhere, paths
-checked by run.check_paths, flags refused by ``mezo.config.legacy``); tests/test_fuzz.py asserts that
+checked by run.check_paths, flags refused by ``mezo.config.legacy``); tests/config/test_fuzz.py asserts that
 every field is in exactly one of the two. Inherited TrainingArguments fields outside RANGES are
 left to TrainingArguments' own checks. Model-dependent limits (sequence length against the
 model's position table) are checked in run.check_model, after the config and before the weights.

@@ -1,4 +1,4 @@
-"""Draw the k-shot train/dev splits and the test split of every task (spec §7).
+"""Draw the k-shot train/dev splits and the test split of every task (docs/behaviour.md, "k-shot splits").
 
     python tools/generate_k_shot_data.py --mode k-shot-1k-test --k 16
     python tools/generate_k_shot_data.py --mode k-shot-1k-test --k 16 --task uci-sentiment
@@ -13,8 +13,8 @@ those of the LM-BFF/MeZO generator, quirks included:
 - Seeds are the outer loop, tasks the inner one. For each (seed, task) the NumPy legacy global
   RNG is seeded with the seed and the training rows are shuffled with `np.random.shuffle`.
   For CoLA (no header) the shuffle acts on the loaded list itself, so CoLA's shuffles
-  accumulate across seeds in the order of --seed (spec §9 item 24); the other tasks shuffle a
-  fresh copy each time.
+  accumulate across seeds in the order of --seed (kept: it changes the splits); the other tasks
+  shuffle a fresh copy each time.
 - Test split: GLUE-style tasks write every non-train file of the original with `dev` renamed
   to `test` (MNLI: test_matched.tsv, test_mismatched.tsv), header first; the other tasks write
   the original test.csv. In k-shot-1k-test mode a GLUE-style split with more than 1000 data

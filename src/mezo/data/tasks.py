@@ -1,12 +1,13 @@
 """Task processors: how each task's split files are read, its labels, and its metrics.
 
-One `Task` per task key of the reference (spec §2): the GLUE-style tasks read tab-separated
-files (`train.tsv`, `dev.tsv`, `test.tsv`), the LM-BFF sentence tasks and the project's demo
-task `uci-sentiment` read headerless `label,text` CSV files (`train.csv`, `dev.csv`,
-`test.csv`). The k-shot folders that `tools/generate_k_shot_data.py` writes have exactly
-these names (MNLI: `dev_matched.tsv`, `test_matched.tsv`, `test_mismatched.tsv`).
+One `Task` per task key of the reference (docs/behaviour.md, "Tasks and data files"): the
+GLUE-style tasks read tab-separated files (`train.tsv`, `dev.tsv`, `test.tsv`), the LM-BFF
+sentence tasks and the project's demo task `uci-sentiment` read headerless `label,text` CSV
+files (`train.csv`, `dev.csv`, `test.csv`). The k-shot folders that
+`tools/generate_k_shot_data.py` writes have exactly these names (MNLI: `dev_matched.tsv`,
+`test_matched.tsv`, `test_mismatched.tsv`).
 
-Reading rules (spec §2.2), kept from the reference:
+Reading rules, kept from the reference:
 - TSV: each line split on tabs, no quote handling; the first line is a header and is skipped,
   except for CoLA, which has none. Guids are `<split>-<i>`, i = 0-based line index (so the
   first example after a header is `train-1`).
@@ -31,12 +32,12 @@ Label types follow the reference: str for the GLUE-style tasks ("0"/"1", "entail
 int for the CSV tasks, float for STS-B (regression). The order of `label_list` defines the
 label ids.
 
-`mnli-mm` (which cannot run at all in the reference, spec §9 item 15) works here: it reads the
-MNLI folder, evaluates on `test_mismatched.tsv`, and selects models on `dev_mismatched.tsv`
-when the folder has one (an original GLUE MNLI folder does) and otherwise on
-`dev_matched.tsv`. The generator writes only `dev_matched.tsv`: in a k-shot folder the dev
-split is K examples per label drawn from the MNLI *training* set, so there is no mismatched
-dev to be had and `dev_matched.tsv` is the right file for model selection.
+`mnli-mm` (which cannot run at all in the reference; README, Differences from the original code)
+works here: it reads the MNLI folder, evaluates on `test_mismatched.tsv`, and selects models on
+`dev_mismatched.tsv` when the folder has one (an original GLUE MNLI folder does) and otherwise
+on `dev_matched.tsv`. The generator writes only `dev_matched.tsv`: in a k-shot folder the dev
+split is K examples per label drawn from the MNLI *training* set, so there is no mismatched dev
+to be had and `dev_matched.tsv` is the right file for model selection.
 """
 import csv
 import io

@@ -2,7 +2,7 @@
 
 One table, read by tools/grid.py (to enumerate runs and build tags), tools/report.py (to read the
 method back from a tag) and the tests. Grids are the paper's Table 15 (NeurIPS version, Appendix
-E.3; spec §10) unless a method's ``note`` says otherwise.
+E.3; docs/behaviour.md, "Paper grids and results") unless a method's ``note`` says otherwise.
 """
 from dataclasses import dataclass
 from typing import Dict

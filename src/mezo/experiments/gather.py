@@ -3,16 +3,16 @@
     python tools/gather_result.py --condition "{'tag': 'k16-roberta-large-mezo-ft', 'task_name': 'sst-2'}"
 
 Prints what the reference's `tools/gather_result.py` prints, line for line, on the same log
-(spec §6.2): records matching every condition and holding both metric keys are grouped by
-"<data seed>-<seed>" (in the order the seeds first appear in the log); for every tag x K (each
-sorted) a seed's runs are de-duplicated by output_dir (a later record replaces an earlier one),
+(docs/behaviour.md, "Gathering results"): records matching every condition and holding both
+metric keys are grouped by "<data seed>-<seed>" (in the order the seeds first appear in the log);
+for every tag x K (each sorted) a seed's runs are de-duplicated by output_dir (a later record replaces an earlier one),
 the run with the highest dev metric is kept (ties: the smallest output_dir; a NaN compares as
 Python's max does), and `mean +- std` (population std) of its test metric is printed, with the
 median, `#runs` = the de-duplicated runs of the seeds shown (printed as a float, as the reference
 does), the second metric and the test loss. With `--args_to_care`, the configurations of the
 observed grid a seed has not run come first.
 
-Keys come from `src/mezo/tasks.py`: `<task>_dev_eval_<m>` / `<task>_test_eval_<m>` with m the metric the
+Keys come from `mezo.data.tasks`: `<task>_dev_eval_<m>` / `<task>_test_eval_<m>` with m the metric the
 run selected on (`dev_objective`: f1 for MRPC/QQP, pearson for STS-B, mcc for CoLA, ...), the other
 metric of MRPC/QQP/STS-B as the second one; `mrpc/acc`, `qqp/f1`, `sts-b/spearmanr`, ... pick the
 metric explicitly, as in the reference. `mnli-mm` finds this project's mnli-mm runs (keys
@@ -94,7 +94,7 @@ def derive_keys(condition):
     return f"{real}_dev_eval_{m}", f"{real}_test_eval_{m}", second
 
 
-# The reference's own mnli-mm mapping (spec §6.2): records of task mnli, mismatched test key.
+# The reference's own mnli-mm mapping (README, Differences from the original code): task mnli, mismatched test key.
 ORIGINAL_MNLI_MM = ("mnli", "mnli_dev_eval_mnli/acc", "mnli-mm_test_eval_mnli-mm/acc")
 
 

@@ -12,7 +12,7 @@ with the environment variables TASK K SEED BS LR [EPS WD] STEP EVAL_STEP MODEL E
 [TRAINER] and the method's extra flags; TAG is always set explicitly so that every method has
 its own tag (`k<K>-<model>-<suffix>`, see METHODS; tools/report.py maps the suffix back):
 
-  method       script       grid (spec §10, RoBERTa-large)                      extra flags
+  method       script       grid (paper Table 15, RoBERTa-large)                extra flags
   mezo         mezo.sh      BS 64, LR {1e-7,1e-6,1e-5}, EPS 1e-3, WD 0            -
   mezo-lora    mezo.sh      BS 64, LR {1e-5,5e-5,1e-4}, EPS 1e-3, WD 0.1          LoRA r 8, alpha 16
   mezo-prefix  mezo.sh      BS 64, LR {1e-2,5e-3,1e-3}, EPS 1e-1, WD 0            5 prefix tokens

@@ -9,10 +9,10 @@ r"""Our results next to the paper's: a Markdown table, a bar chart, and per-run 
 Table: one row per (K, model, method, task) found in the log: the mean (std) over seeds of the
 test accuracy (x100; population std as in gather_result), where for each seed the grid point
 with the best dev accuracy is taken — the selection is tools/gather_result.py's `gather()`
-itself, not a copy. Next to it the paper's RoBERTa-large number (spec §12: Table 18 for K=16 and
-K=512, zero-shot the same for both; Table 3's non-differentiable MeZO row at K=512) and the
-difference ours - paper. The method is read from the tag that the scripts and tools/grid.py
-build, `k<K>-<model>-<suffix>`:
+itself, not a copy. Next to it the paper's RoBERTa-large number (docs/behaviour.md, "Paper grids
+and results": Table 18 for K=16 and K=512, zero-shot the same for both; Table 3's
+non-differentiable MeZO row at K=512) and the difference ours - paper. The method is read from
+the tag that the scripts and tools/grid.py build, `k<K>-<model>-<suffix>`:
     mezo-ft -> mezo, mezo-lora, mezo-prefix, mezo-adam, mezo-nondiff, ft, lora -> ft-lora,
     prefix -> ft-prefix, zero-shot, lp
 (an unknown suffix is reported under its own name without a paper number). `uci-sentiment` is
@@ -51,7 +51,7 @@ def _row(text):
     return dict(zip(PAPER_TASKS, (float(x) for x in text.split("/"))))
 
 
-# Spec §12 (paper Table 18, RoBERTa-large, mean test accuracy over 5 seeds); Table 3 for nondiff.
+# The paper's Table 18 (RoBERTa-large, mean test accuracy over 5 seeds); Table 3 for nondiff.
 PAPER = {
     16: {"zero-shot": _row("79.0 / 35.5 / 50.2 / 48.8 / 51.4 / 32.0"),
          "lp": _row("76.0 / 40.3 / 66.0 / 56.5 / 59.4 / 51.3"),

@@ -2,7 +2,7 @@
 
 
 def apply(model, adapter_args) -> None:
-    """LoRA (src/mezo/lora.py) and/or prefixes (src/mezo/prefix.py), as --apply_lora / --prefix_tuning ask."""
+    """LoRA (mezo.models.lora) and/or prefixes (mezo.models.prefix), as --apply_lora / --prefix_tuning ask."""
     a = adapter_args
     if a.apply_lora:
         from mezo.models.lora import inject_lora

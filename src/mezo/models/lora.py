@@ -1,4 +1,4 @@
-"""LoRA on the query and value projections of every self-attention block (spec §4.3).
+"""LoRA on the query and value projections of every self-attention block (docs/behaviour.md, "LoRA").
 
 Module surgery on the stock Hugging Face model: each self-attention module of a RoBERTa/BERT
 style encoder holds `query`, `key` and `value` nn.Linear attributes; `query` and `value` are
@@ -10,11 +10,12 @@ with the pretrained W, b copied in and frozen, and LoRA dropout 0.
 
 Weights are never merged: loralib ≥ 0.1.2 folds B·A into W when a layer switches to eval mode
 (`train(False)`) and from then on ignores A and B. MeZO runs every forward in eval mode, so with
-merging MeZO-LoRA would perturb A and B without any effect on the loss (spec §9 item 4). The
-layers are therefore built with `merge_weights=False`, and `inject_lora` checks it.
+merging MeZO-LoRA would perturb A and B without any effect on the loss (README, Differences from
+the original code: LoRA under MeZO). The layers are therefore built with `merge_weights=False`,
+and `inject_lora` checks it.
 
 Parameter names gain `.lora_A` / `.lora_B` (e.g. `roberta.encoder.layer.0.attention.self.query.lora_A`),
-which is what the freezing rules (src/mezo/models.py `set_trainable`) look for.
+which is what the freezing rules (`mezo.models.prompt_mlm.set_trainable`) look for.
 """
 import loralib
 import torch
@@ -49,7 +50,7 @@ def lora_linear(base: nn.Linear, r: int, alpha: int) -> loralib.Linear:
         if base.bias is not None:
             layer.bias.copy_(base.bias)
     layer.weight.requires_grad_(False)
-    if layer.merge_weights or layer.merged:  # the guard against the eval-mode merge (spec §9 item 4)
+    if layer.merge_weights or layer.merged:  # the guard against the eval-mode merge (docs/behaviour.md, "LoRA")
         raise RuntimeError("loralib.Linear was built with weight merging on; MeZO-LoRA would train nothing")
     layer.train(base.training)
     return layer

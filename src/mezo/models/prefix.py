@@ -1,4 +1,4 @@
-"""Prefix tuning: P learned key/value vectors prepended to every self-attention layer (spec §4.5).
+"""Prefix tuning: P learned key/value vectors prepended in each self-attention (docs/behaviour.md, "Prefix tuning").
 
 Each layer attends over [prefix ; sequence] keys and values; the P prefix positions are always
 visible; queries, positions and the output length are unchanged.

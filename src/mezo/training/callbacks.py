@@ -46,7 +46,7 @@ class BestDevCallback(TrainerCallback):
         # so a NaN (e.g. Pearson of constant predictions) or -inf score is never kept.
         if score > (-math.inf if self.best_score is None else self.best_score):
             self.best_score, self.best_step = score, state.global_step
-            # A real copy: `.cpu()` of a CPU tensor is the live tensor (spec §9 item 29).
+            # A real copy: `.cpu()` of a CPU tensor is the live tensor (README, Differences from the original code).
             self.best_state = {n: p.detach().to("cpu", copy=True)
                                for n, p in model.named_parameters() if p.requires_grad}
             logger.info("new best dev %.5f at step %d", score, state.global_step)

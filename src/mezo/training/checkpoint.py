@@ -7,12 +7,12 @@ files, restores the TrainerState (step, epoch, log history) and fast-forwards th
 at the start of that epoch (single process; several processes use the seedable sampler, which orders
 epoch e by `seed + e`). This module replaces only what the stock code gets wrong or lacks:
 
-* `save` (called by the stock loop through MezoTrainer.save_run_checkpoint; src/mezo/hf_private.py):
+* `save` (called by the stock loop through MezoTrainer.save_run_checkpoint; mezo.training.hf_private):
   writes output_dir/checkpoint-<step>/ **atomically**: every file goes into
   `.tmp-checkpoint-<step>`, is fsynced, then the folder is renamed. Only the trainable parameters
   are written (not the whole model), plus `extra_state.pt` with what lives outside the stock state
   (`MezoTrainer.extra_state`): the ZO run's seed generator, counters and method state
-  (src/mezo/zo_run.py), the data order, the best-dev callback (score, step, weights, dev curve) and
+  (mezo.training.zo_run), the data order, the best-dev callback (score, step, weights, dev curve) and
   the training-loss accumulators (so that `train_loss` and the logged losses match an
   uninterrupted run). `meta.json` (step, arguments that must not change) is written last. At most
   `--save_total_limit` (default 2) checkpoints are kept; older ones are first renamed away, then
@@ -23,7 +23,7 @@ epoch e by `seed + e`). This module replaces only what the stock code gets wrong
   every file it lists has the recorded size, and every torch file passes its zip CRC check.
   `auto` skips a damaged newest checkpoint with a warning and takes the one before; an explicit
   damaged path is a usage error.
-* Preemption (src/mezo/preempt.py): SIGTERM/SIGINT writes one more checkpoint at the
+* Preemption (mezo.training.preempt): SIGTERM/SIGINT writes one more checkpoint at the
   end of the step in flight and stops the run.
 * No checkpoint is written at the last step: resuming there would need the stock loop to run zero
   steps mid-epoch, which it cannot; a run killed during its final evaluation redoes at most
@@ -154,7 +154,7 @@ def resolve(value, output_dir: str):
 
 
 def args_fingerprint(*groups) -> dict:
-    """The run-defining arguments (field metadata, src/mezo/arguments.py), as JSON values."""
+    """The run-defining arguments (field metadata, mezo.config.fields.RUN_DEFINING), as JSON values."""
     return json.loads(json.dumps({name: json_safe(v) for name, v in run_defining(*groups).items()}))
 
 

@@ -1,6 +1,6 @@
 """Every private part of the Hugging Face Trainer this project relies on, in one place.
 
-Written against transformers 5.24.0 (pinned in requirements.txt); tests/test_hf_private.py fails
+Written against transformers 5.24.0 (pinned in requirements.txt); tests/training/test_hf_private.py fails
 if any name below moves or changes its signature, or if the loop stops resetting its loss counters
 before `on_train_begin`.
 

@@ -1,4 +1,4 @@
-"""Linear probing (`--trainer linearhead`) and the LP step of LP-FT (`--from_linearhead`), spec §4.4.
+"""Linear probing (`--trainer linearhead`) and the LP step of LP-FT (`--from_linearhead`); docs/behaviour.md, "Linear probing".
 
 The frozen model is run once over the training set in eval mode; a scikit-learn probe is fitted
 on the features, and the probe is written into the model's own output layer, so that evaluation
@@ -34,8 +34,8 @@ on the features, and the probe is written into the model's own output layer, so 
   written back into the decoder; here the distribution enters as *centred log-probabilities*
   f = log p - mean(log p) = C (W_l h + b_l) with C = I - 11^T / L (a one-to-one transform of p,
   free of the log-normaliser), and the fitted probe folds exactly into the label-word rows:
-  W' = A C W_l, b' = A C b_l + c. (The spec records no write-back rule for this flag; the
-  reference's single rule "coefficients into the decoder rows" cannot apply to L-dimensional
+  W' = A C W_l, b' = A C b_l + c. (The reference applied this probe after the model instead,
+  see README's differences; its rule "coefficients into the decoder rows" cannot apply to L-dimensional
   coefficients.)
 * regression (prompt model, two label words, score = sigmoid(l_1 - l_0) scaled to the label
   range): the probe is fitted to the logit of the clipped normalised score, so that the model's

@@ -1,6 +1,6 @@
 """Watching a MeZO run live: its own scalars in the Trainer's logs, a progress bar that says something.
 
-`StepMonitor` collects every MeZO step's outcome (src/mezo/zo.py `ZOStep`: loss₊, loss₋, projected
+`StepMonitor` collects every MeZO step's outcome (`mezo.zo.step.ZOStep`: loss₊, loss₋, projected
 gradient, skipped) between two logging steps; `MezoTrainer.log` hands each training log to
 `extend`, which adds their means, the number of skipped steps so far and the examples per second
 of the window's updates (timed from step begin to step end: evaluations and logging excluded). The stock loop then passes the log to every `--report_to` integration
@@ -30,7 +30,7 @@ class StepMonitor(TrainerCallback):
     """The MeZO step values of the current logging window, and the window's throughput."""
 
     def __init__(self, zo_run=None, examples_per_step: int = 1):
-        self.zo_run = zo_run   # src/mezo/zo_run.py: the skip counter (None: not a MeZO run)
+        self.zo_run = zo_run   # mezo.training.zo_run.ZORun: the skip counter (None: not a MeZO run)
         self.examples_per_step = examples_per_step
         self.steps = []
         self.busy = 0.0  # seconds spent inside the window's updates
@@ -80,7 +80,7 @@ class MezoProgressCallback(ProgressCallback):
 
     def __init__(self, best):
         super().__init__()
-        self.best = best  # src/mezo/callbacks.py BestDevCallback: runs before this callback, holds the dev curve
+        self.best = best  # mezo.training.callbacks.BestDevCallback: runs before this callback, holds the dev curve
 
     def on_train_begin(self, args, state, control, **kw):
         super().on_train_begin(args, state, control, **kw)

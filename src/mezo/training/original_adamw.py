@@ -23,7 +23,7 @@ class OriginalAdamW(torch.optim.Optimizer):
             raise ValueError(f"invalid Adam hyper-parameters lr={lr} betas={betas} eps={eps}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         # foreach=True: the multi-tensor form, checked bit for bit against the loop on CPU
-        # (tests/test_optim.py). It saves kernel launches on a GPU, nothing on CPU (where torch runs
+        # (tests/training/test_optim.py). It saves kernel launches on a GPU, nothing on CPU (where torch runs
         # each foreach op tensor by tensor) while its sqrt(v) buffer spans a whole chunk: off by default.
         self.foreach = bool(foreach)
         self._scratch = {}   # (device, dtype) -> flat buffer that sqrt(v) is written into (see _denom)

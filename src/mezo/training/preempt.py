@@ -14,7 +14,7 @@ state consistent: a signal that lands between the two forward passes of a MeZO s
 write theta + eps z. Data-parallel ranks agree on the flag (one all-reduce per step) so that all
 stop at the same step. Without checkpoints the handlers are not installed: the default behaviour
 (SIGTERM kills, Ctrl-C raises KeyboardInterrupt, which run.py reports in one line) is unchanged.
-The last step cannot be checkpointed (see src/mezo/checkpoint.py); a signal there still stops the run,
+The last step cannot be checkpointed (see mezo.training.checkpoint); a signal there still stops the run,
 and a resumed run redoes the steps since the latest periodic checkpoint.
 """
 import logging

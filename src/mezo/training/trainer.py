@@ -66,9 +66,9 @@ class MezoTrainer(hf_private.CheckpointSeams):
         self.zo_run = ZORun(self.model, a) if a.zero_order_optim else None
         self.zo_micro = []   # micro-batches of the current update (--gradient_accumulation_steps)
         self.pending_loop_counters = None   # a resumed run's loss accumulators, put back at its first step
-        for callback in (self.best, self.data_order, PreemptCallback()):  # preempt: src/mezo/preempt.py
+        for callback in (self.best, self.data_order, PreemptCallback()):  # preempt: mezo.training.preempt
             self.add_callback(callback)
-        # MeZO scalars in the logs, dev score on the progress bar (src/mezo/monitor.py)
+        # MeZO scalars in the logs, dev score on the progress bar (mezo.training.monitor)
         self.monitor = monitor.install(self, self.zo_run)
         if self.zo_run is not None:
             self.add_callback(self.zo_run)   # after BestDevCallback: its stop overrides the evaluation
@@ -97,7 +97,7 @@ class MezoTrainer(hf_private.CheckpointSeams):
 
     @staticmethod
     def get_optimizer_cls_and_kwargs(args, model=None):
-        """`--optimizer adam`: the original's AdamW (src/mezo/optim.py) unless --torch_adamw."""
+        """`--optimizer adam`: the original's AdamW (mezo.training.original_adamw) unless --torch_adamw."""
         if args.optimizer == "adam" and not args.torch_adamw:
             return OriginalAdamW, {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2),
                                    "eps": args.adam_epsilon}
@@ -204,10 +204,10 @@ class MezoTrainer(hf_private.CheckpointSeams):
         return torch.tensor(float("nan") if step.skipped else step.loss_plus, device=self.args.device)
 
     def log(self, logs, *args, **kwargs):
-        """Training logs carry the MeZO step's own scalars to every --report_to integration (src/mezo/monitor.py)."""
+        """Training logs carry the MeZO step's own scalars to every --report_to integration (mezo.training.monitor)."""
         super().log(self.monitor.extend(logs, self.state.global_step), *args, **kwargs)
 
-    # ----- checkpoints (src/mezo/checkpoint.py): atomic, trainable parameters only, exact resume -----
+    # ----- checkpoints (mezo.training.checkpoint): atomic, trainable parameters only, exact resume -----
     def save_run_checkpoint(self, trial=None):
         """Where the stock loop saves (hf_private.CheckpointSeams)."""
         return checkpoint.save(self, trial)
@@ -222,7 +222,7 @@ class MezoTrainer(hf_private.CheckpointSeams):
         self.pending_loop_counters = extra["loss"]  # the loop resets them after this; see training_step
 
     def extra_state(self) -> dict:
-        """What a checkpoint carries beyond the stock files (src/mezo/checkpoint.py)."""
+        """What a checkpoint carries beyond the stock files (mezo.training.checkpoint)."""
         return {**(self.zo_run.state_dict() if self.zo_run is not None else {}),
                 "sampler": self.data_order.epoch_state,   # the data order as the current epoch began
                 "best": self.best.state_dict(), "loss": hf_private.loop_counters(self)}

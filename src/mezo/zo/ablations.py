@@ -1,4 +1,4 @@
-"""MeZO ablations (spec §5.3-§5.5) as plain functions, plus the small state object the Trainer keeps.
+"""MeZO ablations (docs/behaviour.md, "Ablations") as plain functions, plus the small state object the Trainer keeps.
 
 What lives here:
 
@@ -11,7 +11,7 @@ What lives here:
   constants c_b, and ``ZOAblation.compute_consts`` applies ``--scale_norm_by_num_params``.
   A constant that is 0 or not finite is replaced by 1 (``safe_constant``): the reference divides
   by zero there.
-* Two readings of the variant flags (spec §5.4, §9 items 8-9). By default the original's
+* Two readings of the variant flags (README, Differences from the original code). By default the original's
   *effective* behaviour: with ``--efficient_zero_order`` the perturbation ignores c_b (plain z);
   the direct update always uses plain z; the trainer-optimizer path writes c_b z into ``.grad``
   (plain z with ``--change_grad_estimate``); ``--scale_norm_by_num_params`` turns a param_norm
@@ -20,15 +20,15 @@ What lives here:
   paper describes them: perturb z / c_b and use c_b z (or z) on every path, and divide every kind
   of constant by sqrt(#params of the block).
 * ``layer_wise_indices`` - ``--layer_wise_optim``: parameters whose name contains ``.<k>.`` with
-  k = global_step mod num_layers (the reference's substring rule, spec §9 item 25).
+  k = global_step mod num_layers (the reference's substring rule, docs/behaviour.md "Ablations").
 * ``minus_accuracy`` - the ``--optimize_acc`` objective.
 * ``ZOAblation`` - what the Trainer holds for the ablation paths: the trainer-optimizer step
   (SPSA pair(s) -> ``.grad``), the direct step with layer selection / block scaling, and the
-  block-constant bookkeeping (src/mezo/zo_run.py schedules the constants at epoch starts and
+  block-constant bookkeeping (mezo.training.zo_run schedules the constants at epoch starts and
   stops training after ``--max_zo_forward_steps``).
 
 Every SPSA pair here is ``zo.mezo_step`` with per-parameter scales. z depends on the *list* of
-parameters (src/mezo/zo_backend.py), so each pair perturbs, restores and accumulates with one list.
+parameters (mezo.zo.backend), so each pair perturbs, restores and accumulates with one list.
 """
 import logging
 import math
@@ -217,7 +217,7 @@ class ZOAblation:
         if a.scale_norm_by_num_params:
             if a.zo_variant_corrected:
                 consts = {b: c / math.sqrt(self.numels[b]) for b, c in consts.items()}
-            elif a.zo_variant == "param_norm":   # the original's c / sqrt(c) (spec §9 item 8)
+            elif a.zo_variant == "param_norm":   # the original's c / sqrt(c) (see README's differences)
                 consts = {b: math.sqrt(c) for b, c in consts.items()}
             elif not a.use_zo_grad_est:
                 consts = {b: c / math.sqrt(self.numels[b]) for b, c in consts.items()}

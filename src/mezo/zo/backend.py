@@ -1,8 +1,8 @@
-"""The fast noise backend of the MeZO step (src/mezo/zo.py): z(seed) drawn and applied in place, in chunks.
+"""The fast noise backend of the MeZO step (mezo.zo.step.mezo_step): z(seed) drawn and applied in place, in chunks.
 
 A step runs 100,000 times per run and its noise passes compete with two forward passes, so
 everything here is in place, chunked and allocation-light. ``FastNoise`` implements the three
-operations of ``zo.Noise``; tests/test_zo.py checks it against ``zo.PlainNoise``, the literal one.
+operations of ``zo.Noise``; tests/zo/test_zo.py checks it against ``zo.PlainNoise``, the literal one.
 
 * **z is a pure function of the seed.** The parameters are grouped by (device, dtype); each
   group is viewed as the concatenation of its flattened parameters (in list order) and cut into
@@ -10,7 +10,7 @@ operations of ``zo.Noise``; tests/test_zo.py checks it against ``zo.PlainNoise``
   noise from its own generator keyed by BLAKE2b(seed, g, k), so the same seed regenerates the same
   z whatever the number of threads, and chunks can be drawn in parallel. (z therefore depends on
   the list of parameters, not only on the parameter itself; exact reproduction of the reference's
-  z stream is not required, same-seed regeneration within a step is - spec §5.2.)
+  z stream is not required, same-seed regeneration within a step is - docs/behaviour.md, "The MeZO step".)
 * **CPU:** chunks run on a small thread pool (the calling thread plus ``workers - 1`` threads;
   ``workers`` defaults to ``torch.get_num_threads()``). A chunk is drawn into a per-thread buffer
   and applied to the parameter slices at once while still in cache, so z is never materialised for

@@ -485,7 +485,7 @@ class FZOO(MeZO):
     sigma = 0 or a non-finite loss is skipped.
     The N perturbed losses come from, in order: ``batched_losses(noise, params, seeds, eps)`` if
     given; else ``loss_fn.perturbed_losses(...)`` if the loss function has one and it does not
-    return None (src/mezo/fzoo_batched.py: one vmapped forward, ``--fzoo_batched``); else the
+    return None (mezo.training.fzoo_batched: one vmapped forward, ``--fzoo_batched``); else the
     sequential loop. All must give the same numbers. u_i is keyed by sub_seed(seed, i). No state.
     Forwards: N + 1.
     """

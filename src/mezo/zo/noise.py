@@ -1,6 +1,6 @@
-"""Direction kinds for the zeroth-order methods of src/mezo/zo_methods.py, as ``zo.Noise`` implementations.
+"""Direction kinds for the zeroth-order methods of mezo.zo.methods, as ``zo.Noise`` implementations.
 
-MeZO's z is one Gaussian stream over the whole parameter list (src/mezo/zo_backend.py). The methods
+MeZO's z is one Gaussian stream over the whole parameter list (mezo.zo.backend.FastNoise). The methods
 that followed it need more from a direction than "add s z": ZO-Adam and HiZOO need z elementwise
 (z^2, sqrt(Sigma) z), LOZO needs the factors U, V of z = U V^T, FZOO needs Rademacher signs. So the
 noises here draw z **one parameter at a time**, parameter i from its own key (seed, i): a pass

@@ -3,27 +3,19 @@ Trainer step is the library's step (same seeds from RandomState(--seed), same le
 import json
 import types
 
-import numpy as np
 import pytest
 import torch
 
 from mezo.cli import run
 import tiny
-from mezo.config.arguments import MezoTrainingArguments
 from mezo.data.datasets import Collator, original_train_sampler
 from mezo.models.prompt_mlm import PromptMLM
-from mezo.training.trainer import MezoTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trainer(tmp_path, model, method, **kw):
-    kw = dict(dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=12, learning_rate=1e-3, max_steps=3,
-                   logging_steps=1, seed=3, disable_tqdm=True, use_cpu=True, report_to="none",
-                   zero_order_optim=True, efficient_zero_order=True, optimizer="sgd", zo_method=method), **kw)
-    args = MezoTrainingArguments(**kw)
-    return MezoTrainer(model=model, args=args, train_dataset=tiny.mask_dataset(), data_collator=Collator(1),
-                       dev_objective=lambda m: 0.0)
+    return tiny.trainer(tmp_path, model, **{**dict(per_device_train_batch_size=12, zo_method=method), **kw})
 
 
 # (fzoo divides its step by the spread of N nearly equal losses, which turns float rounding between

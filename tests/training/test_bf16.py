@@ -8,21 +8,13 @@ from transformers import AutoModelForMaskedLM
 from mezo.cli import run
 import tiny
 
-from mezo.config.arguments import MezoTrainingArguments
-from mezo.data.datasets import Collator
 from mezo.models.prompt_mlm import PromptMLM
-from mezo.training.trainer import MezoTrainer
 
 pytestmark = pytest.mark.skipif(torch.accelerator.is_available(), reason="checks the CPU-only path")
 
 
 def _trainer(tmp_path, model, zo_on):
-    args = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, learning_rate=1e-3,
-                max_steps=2, seed=3, disable_tqdm=True, bf16=True)   # no use_cpu: bf16 alone must do
-    if zo_on:
-        args.update(zero_order_optim=True, efficient_zero_order=True, zero_order_eps=1e-3, optimizer="sgd")
-    return MezoTrainer(model=model, args=MezoTrainingArguments(**args), train_dataset=tiny.mask_dataset(),
-                       data_collator=Collator(1), dev_objective=lambda m: m["eval_acc"])
+    return tiny.trainer(tmp_path, model, zo=zo_on, max_steps=2, bf16=True, use_cpu=False)   # bf16 alone must do
 
 
 @pytest.mark.parametrize("zo_on", [True, False], ids=["mezo", "adam"])

@@ -1,4 +1,5 @@
-"""Template language, label words and demo templates (spec §3.1-3.4) on the offline tokenizers.
+"""Template language, label words and demo templates on the offline tokenizers (docs/behaviour.md,
+"Prompt templates and label words" and "Demonstrations").
 
 Expected ids are written out literally (the offline BPE is deterministic) and cross-checked
 against ids composed by hand from the tokenizer's encoding of the individual pieces.

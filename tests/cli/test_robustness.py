@@ -122,7 +122,7 @@ BAD = [
     ("resume-old-format", ["--resume_from_checkpoint", "{tmp}/ckold/checkpoint-3", "--output_dir", "{tmp}/ckold"],
      "--resume_from_checkpoint {tmp}/ckold/checkpoint-3: damaged checkpoint (checkpoint format 1, this version "
      "reads 2 (written by an older version: restart the run))"),
-    # ranges (src/mezo/ranges.py) and argparse's own errors, one line each
+    # ranges (mezo.config.ranges) and argparse's own errors, one line each
     ("seed-negative", ["--seed", "-1"], "--seed -1: must be an integer in [0, 4294967295]"),
     ("seed-too-big", ["--seed", "4294967296"], "--seed 4294967296: must be an integer in [0, 4294967295]"),
     ("seed-not-int", ["--seed", "abc"], "argument --seed: invalid int value: 'abc'"),

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _readme_example(repo_root):
     text = open(f"{repo_root}/README.md").read()
-    block = text.split("<!-- own-loop example: tests/test_own_loop.py runs this block -->", 1)[1]
+    block = text.split("<!-- own-loop example: tests/zo/test_own_loop.py runs this block -->", 1)[1]
     return re.search(r"```python\n(.*?)```", block, re.S).group(1)
 
 

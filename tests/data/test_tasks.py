@@ -1,4 +1,4 @@
-"""Task processors (src/mezo/tasks.py): reading rules, labels, metrics, and bad-input messages."""
+"""Task processors (mezo.data.tasks): reading rules, labels, metrics, and bad-input messages."""
 import logging
 import math
 import os

@@ -1,5 +1,6 @@
-"""src/mezo/zo.py's MeZO step with the fast backend (src/mezo/zo_backend.py) against a literal, unfused
-implementation of spec §5.2 and against the literal noise backend (zo.PlainNoise)."""
+"""mezo.zo.step.mezo_step with the fast backend (mezo.zo.backend.FastNoise) against a literal, unfused
+implementation of the step (docs/behaviour.md, "The MeZO step") and against the literal noise backend
+(mezo.zo.step.PlainNoise)."""
 import math
 
 import pytest
@@ -47,7 +48,8 @@ def tiny_mlp(dtype=torch.float64, device="cpu", seed=0):
 
 
 def reference_step(params, loss_fn, seed, eps, lr, wd):
-    """Spec §5.2 literally: +eps z, loss, -2 eps z, loss, +eps z (restore), theta -= lr (g z + wd theta)."""
+    """The MeZO step literally: +eps z, loss, -2 eps z, loss, +eps z (restore), theta -= lr (g z + wd theta).
+    (docs/behaviour.md, "The MeZO step")"""
     wd = [wd] * len(params) if isinstance(wd, float) else wd
     z = lambda: draw_z(params, seed)  # noqa: E731  (regenerated from the seed each time)
     for p, zi in zip(params, z()):

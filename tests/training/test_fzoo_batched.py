@@ -1,4 +1,4 @@
-"""--fzoo_batched (src/mezo/fzoo_batched.py): FZOO's N perturbed losses in one vmapped forward are the
+"""--fzoo_batched (mezo.training.fzoo_batched): FZOO's N perturbed losses in one vmapped forward are the
 sequential loop's losses, in the library and through the Trainer; where the rule or the model does
 not allow it the run warns and loops, with the same numbers."""
 import json
@@ -12,12 +12,10 @@ from mezo.cli import run
 import tiny
 from mezo.training import fzoo_batched
 from mezo.zo import losses as zo_losses
-from mezo.config.arguments import MezoTrainingArguments
 from mezo.data.datasets import Collator
 from mezo.models.lora import inject_lora
 from mezo.models.prompt_mlm import PromptMLM
 from mezo.models.prefix import inject_prefix
-from mezo.training.trainer import MezoTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,12 +74,8 @@ def test_memory_rule():
 
 
 def _trainer(tmp_path, model, **kw):
-    kw = dict(dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=12, learning_rate=1e-6, max_steps=3,
-                   logging_steps=1, seed=3, disable_tqdm=True, use_cpu=True, report_to="none",
-                   zero_order_optim=True, efficient_zero_order=True, optimizer="sgd", zo_method="fzoo", fzoo_n=N,
-                   zero_order_eps=EPS), **kw)
-    return MezoTrainer(model=model, args=MezoTrainingArguments(**kw), train_dataset=tiny.mask_dataset(),
-                       data_collator=Collator(1), dev_objective=lambda m: 0.0)
+    return tiny.trainer(tmp_path, model, **{**dict(per_device_train_batch_size=12, learning_rate=1e-6, zo_method="fzoo",
+                                                   fzoo_n=N, zero_order_eps=EPS), **kw})
 
 
 def _train(tmp_path, model, **kw):

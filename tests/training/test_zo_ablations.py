@@ -1,5 +1,5 @@
 """MeZO ablations: the trainer-optimizer path, n-SPSA, block variants, ZO-by-layer, layer-wise
-selection, the accuracy objective, the forward-count stop, and the flag checks (src/mezo/zo_ablations.py)."""
+selection, the accuracy objective, the forward-count stop, and the flag checks (mezo.zo.ablations)."""
 import math
 
 import numpy as np
@@ -13,7 +13,7 @@ import tiny
 from mezo.cli import run
 from mezo.zo import ablations as zo_ablations
 from mezo.zo.backend import FastNoise
-from mezo.config.arguments import MezoTrainingArguments, parse_args
+from mezo.config.arguments import parse_args
 from mezo.data.datasets import Collator
 from mezo.errors import UsageError
 from mezo.models.prompt_mlm import PromptMLM
@@ -52,15 +52,10 @@ class SeqTrainer(MezoTrainer):
 
 
 def _trainer(tmp_path, model, trainer_optim=True, data=None, **kw):
-    args = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=12, per_device_eval_batch_size=12,
-                learning_rate=LR, max_steps=1, logging_steps=1, seed=SEED, disable_tqdm=True, use_cpu=True,
-                zero_order_optim=True, efficient_zero_order=True, zero_order_eps=EPS, optimizer="sgd",
-                lr_scheduler_type="constant", report_to="none")
-    if trainer_optim:
-        args["zero_order_use_trainer_optim"] = True
-    args.update(kw)
-    return SeqTrainer(model=model, args=MezoTrainingArguments(**args), train_dataset=data or _dataset(),
-                      data_collator=Collator(1), dev_objective=lambda m: m.get("eval_acc", 0))
+    return tiny.trainer(tmp_path, model, cls=SeqTrainer, train_dataset=data or _dataset(),
+                        **{**dict(per_device_train_batch_size=12, per_device_eval_batch_size=12, learning_rate=LR,
+                                  max_steps=1, seed=SEED, zero_order_eps=EPS, lr_scheduler_type="constant",
+                                  zero_order_use_trainer_optim=trainer_optim), **kw})
 
 
 def _params(model):
@@ -84,7 +79,7 @@ def _pair(model, params, batch, seed, scales):
     noise = FastNoise()
     z = noise.draw_z(params, seed)
     # theta + s z, theta - s z, restore: applied by the noise's own in-place pass (which
-    # tests/test_zo.py holds to draw_z), so g carries the same float rounding as the step's
+    # tests/zo/test_zo.py holds to draw_z), so g carries the same float rounding as the step's
     with torch.no_grad():
         noise.add_(params, seed, scales)
         lp = _loss(model, batch)
@@ -196,8 +191,9 @@ def test_blocks_and_param_norm_constants(mlm_state):
 
 @pytest.mark.parametrize("corrected", [False, True])
 def test_scale_norm_by_num_params(tmp_path, mlm_state, corrected):
-    """The original turns a param_norm constant c into c / sqrt(c) (spec §9 item 8); the corrected
-    reading divides by sqrt(#params of the block), as it does for back-propagated norms."""
+    """The original turns a param_norm constant c into c / sqrt(c) (README, Differences from
+    the original code); the corrected reading divides by sqrt(#params of the block), as it does for
+    back-propagated norms."""
     model = _model(mlm_state)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     hand = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for n, p in named if ".layer.0." in n))
@@ -228,9 +224,9 @@ def _variant_hand(mlm_state, consts_fn, change=False, pert_scaled=True):
 @pytest.mark.parametrize("direct", [False, True])
 @pytest.mark.parametrize("change", [False, True])
 def test_param_norm_variant_step(tmp_path, mlm_state, direct, change, efficient, corrected):
-    # The original (spec §5.4): the efficient perturbation ignores c_b, the direct update uses plain
-    # z, the trainer path writes c_b z into .grad unless --change_grad_estimate. Corrected: c_b
-    # everywhere.
+    # The original (README, Differences from the original code: --zo_variant): the efficient
+    # perturbation ignores c_b, the direct update uses plain z, the trainer path writes c_b z into
+    # .grad unless --change_grad_estimate. Corrected: c_b everywhere.
     pert_scaled = corrected or not efficient
     upd_plain = change or (direct and not corrected)
     expect, _ = _variant_hand(mlm_state, lambda m, p, b: zo_ablations.param_norm_constants(p, b), upd_plain,

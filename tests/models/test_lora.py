@@ -1,4 +1,4 @@
-"""LoRA surgery (src/mezo/lora.py): hand computation, no eval-mode merging, freezing, Adam and MeZO steps."""
+"""LoRA surgery (mezo.models.lora): hand computation, no eval-mode merging, freezing, Adam and MeZO steps."""
 import math
 
 import loralib
@@ -47,7 +47,7 @@ def _lora_layers(model):
 
 
 def mezo_step(params, loss_fn, seed, eps=1e-3, lr=1e-2):
-    """src/mezo/zo.py's step (the trainer's)."""
+    """mezo.zo.step.mezo_step (the trainer's)."""
     from mezo.zo import FastNoise, mezo_step
     return mezo_step(params, loss_fn, FastNoise(), seed, eps=eps, lr=lr)
 
@@ -63,7 +63,7 @@ def test_query_value_replaced_and_count(tiny_roberta_dir):
             assert type(m.key) is torch.nn.Linear
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     assert lora == lora_parameter_count(cfg.num_hidden_layers, cfg.hidden_size, 4) == 2 * 2 * (4 * 32 + 32 * 4)
-    # RoBERTa-large at r = 8 (spec §4.3)
+    # RoBERTa-large at r = 8 (docs/behaviour.md, "LoRA")
     assert lora_parameter_count(24, 1024, 8) == 786_432
     head = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("lm_head.", "classifier.")))
     assert count_trainable(model) == lora + head

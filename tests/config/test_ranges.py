@@ -1,4 +1,4 @@
-"""Every flag has a stated range (src/mezo/ranges.py): the table covers every field, its boundaries are the ones
+"""Every flag has a stated range (mezo.config.ranges): the table covers every field, its boundaries are the ones
 restated literally below, and --help shows them."""
 import dataclasses
 import subprocess

@@ -1,4 +1,4 @@
-"""Prefix tuning (src/mezo/prefix.py): attention over [prefix; sequence] by hand, mask extension with
+"""Prefix tuning (mezo.models.prefix): attention over [prefix; sequence] by hand, mask extension with
 padding, eager and SDPA, parameter counts, real-activation init, Adam and MeZO steps."""
 
 import pytest
@@ -41,7 +41,7 @@ def _batch(seed=0, batch=4, length=9, vocab=300, pad_id=1):
 
 
 def mezo_step(params, loss_fn, seed, eps=1e-3, lr=1e-2):
-    """src/mezo/zo.py's step (the trainer's)."""
+    """mezo.zo.step.mezo_step (the trainer's)."""
     from mezo.zo import FastNoise, mezo_step
     return mezo_step(params, loss_fn, FastNoise(), seed, eps=eps, lr=lr)
 
@@ -104,7 +104,7 @@ def test_parameter_counts_and_freezing(tiny_roberta_dir):
     L, H = 2, 32
     direct = _model(tiny_roberta_dir, reparam=False, num_prefix=5)
     assert count_trainable(direct) == L * 2 * 5 * H
-    assert 24 * 2 * 5 * 1024 == 245_760  # RoBERTa-large, P = 5 (spec §4.5)
+    assert 24 * 2 * 5 * 1024 == 245_760  # RoBERTa-large, P = 5 (docs/behaviour.md, "Prefix tuning")
     names = {n for n, p in direct.named_parameters() if p.requires_grad}
     assert names == {f"roberta.encoder.layer.{i}.attention.prefix_{kv}" for i in range(L) for kv in ("keys", "values")}
     assert all(direct.get_parameter(n).shape == (5, H) for n in names)

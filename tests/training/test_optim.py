@@ -1,4 +1,4 @@
-"""src/mezo/optim.py: the multi-tensor OriginalAdamW gives the per-parameter loop's numbers bit for bit."""
+"""mezo.training.original_adamw: the multi-tensor OriginalAdamW gives the per-parameter loop's numbers bit for bit."""
 import math
 
 import pytest

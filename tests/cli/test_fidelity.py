@@ -8,20 +8,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForMaskedLM
 
 import tiny
 
 from mezo.cli import run
 from mezo.data import datasets as data
 from mezo.zo import methods as zo   # the optimizers call mezo_step from here
-from mezo.config.arguments import MezoTrainingArguments, parse_args
-from mezo.data.datasets import Collator
+from mezo.config.arguments import parse_args
 from mezo.data.prompt import PromptSpec
-from mezo.models.prompt_mlm import PromptMLM
 from mezo.data.tasks import get_task
 from mezo.training.callbacks import BestDevCallback
-from mezo.training.trainer import MezoTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,18 +26,12 @@ BASE = ["--model_name_or_path", "splade-tiny", "--task_name", "uci-sentiment", "
 
 
 def _model(path):
-    mlm = AutoModelForMaskedLM.from_pretrained(path, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return PromptMLM(mlm, 2, [10, 20])
+    return tiny.prompt_model(path, dropout=0.0)
 
 
 def _trainer(tmp_path, model, **kw):
-    args = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, per_device_eval_batch_size=8,
-                learning_rate=1e-3, max_steps=3, logging_steps=1, seed=3, disable_tqdm=True, use_cpu=True,
-                report_to="none")
-    args.update(kw)
-    return MezoTrainer(model=model, args=MezoTrainingArguments(**args), train_dataset=tiny.mask_dataset(),
-                       eval_dataset=tiny.mask_dataset(4, 1), data_collator=Collator(1),
-                       compute_metrics=lambda p: {"acc": 0.5}, dev_objective=lambda m: m["eval_acc"])
+    return tiny.trainer(tmp_path, model, zo=False, eval_dataset=tiny.mask_dataset(4, 1),
+                        compute_metrics=lambda p: {"acc": 0.5}, dev_objective=lambda m: m["eval_acc"], **kw)
 
 
 # ------------------------------------------------------------------ item 1: the MeZO learning rate

@@ -33,7 +33,7 @@ def _run(root, model, data, name, nproc, batch, *extra):
     else:
         cmd = [sys.executable, *args]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
+    p = subprocess.run(cmd, cwd=tiny.ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     records = [json.loads(line) for line in log.read_text().splitlines()]

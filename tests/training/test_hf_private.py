@@ -1,4 +1,4 @@
-"""The private Trainer seams of src/mezo/hf_private.py: fails when a transformers upgrade moves one.
+"""The private Trainer seams of mezo.training.hf_private: fails when a transformers upgrade moves one.
 
 Each check restates an assumption the adapter's code makes about the stock loop, read from the
 installed transformers' own source, so an upgrade that breaks it fails here by name rather than

@@ -1,7 +1,8 @@
 """mezo.data.kshot (tools/generate_k_shot_data.py): exact rows for small fake corpora, in every mode.
 
 Expected outputs are computed here on their own, with explicit legacy-NumPy calls
-(np.random.seed + np.random.shuffle on a copy) and grouping by hand, following spec §7.
+(np.random.seed + np.random.shuffle on a copy) and grouping by hand, following
+docs/behaviour.md, "k-shot splits".
 """
 import csv
 import io
@@ -11,10 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import tiny
+
 from mezo.errors import UsageError
 from mezo.data.tasks import get_task
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = tiny.ROOT
 
 
 from mezo.data import kshot as gen

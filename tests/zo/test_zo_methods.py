@@ -1,4 +1,4 @@
-"""The zeroth-order family (src/mezo/zo_methods.py, src/mezo/zo_noise.py) against literal re-statements.
+"""The zeroth-order family (mezo.zo.methods, mezo.zo.noise) against literal re-statements.
 
 Each method runs several steps in place on a tiny float64 MLP; the test re-states the paper's /
 code's update rule on an explicit parameter list (losses evaluated functionally at theta +- eps z,

@@ -1,4 +1,4 @@
-"""The fast MeZO step is the plain algorithm of spec §5.2 also for LoRA and prefix-tuning runs."""
+"""The fast MeZO step is the plain algorithm (docs/behaviour.md, "The MeZO step") also for LoRA and prefix-tuning runs."""
 import copy
 
 import pytest
@@ -27,7 +27,7 @@ def _model(path, kind):
 
 
 def _plain_steps(model, batch, seeds, eps, lr, wd):
-    """Spec §5.2 literally: +εz, loss, −2εz, loss, +εz (restore), θ ← θ − lr(g z + wd θ)."""
+    """The MeZO step literally: +εz, loss, −2εz, loss, +εz (restore), θ ← θ − lr(g z + wd θ)."""
     params = [p for p in model.parameters() if p.requires_grad]
     with torch.no_grad():
         for s in seeds:

@@ -2,41 +2,27 @@
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForMaskedLM
 
 import tiny
 
 from mezo.zo.backend import FastNoise
-from mezo.config.arguments import MezoTrainingArguments
 from mezo.data.datasets import Collator
-from mezo.models.prompt_mlm import PromptMLM
 from mezo.training.callbacks import BestDevCallback
-from mezo.training.trainer import MezoTrainer
 
 
 _dataset = tiny.mask_dataset
 
 
 def _model(path, dropout=0.1):
-    mlm = AutoModelForMaskedLM.from_pretrained(path, hidden_dropout_prob=dropout,
-                                               attention_probs_dropout_prob=dropout)
-    return PromptMLM(mlm, 2, [10, 20])
+    return tiny.prompt_model(path, dropout)
 
 
 def _trainer(tmp_path, model, zo_on=True, **kw):
-    args = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, per_device_eval_batch_size=8,
-                learning_rate=1e-3, max_steps=7, logging_steps=1, seed=3, disable_tqdm=True,
-                evaluate_during_training=True, eval_steps=3, use_cpu=True)
-    if zo_on:
-        args.update(zero_order_optim=True, efficient_zero_order=True, zero_order_eps=1e-3,
-                    optimizer="sgd", lr_scheduler_type="constant")
-    args.update(kw)
-    targs = MezoTrainingArguments(**args)
     scores = iter([0.5, 0.7, 0.7, 0.6, 0.9, 0.1, 0.2])
-    trainer = MezoTrainer(model=model, args=targs, train_dataset=_dataset(), eval_dataset=_dataset(4, 1),
-                          data_collator=Collator(1), compute_metrics=lambda p: {"acc": next(scores)},
-                          dev_objective=lambda m: m["eval_acc"])
-    return trainer
+    sched = {"lr_scheduler_type": "constant"} if zo_on else {}
+    return tiny.trainer(tmp_path, model, zo=zo_on, eval_dataset=_dataset(4, 1),
+                        compute_metrics=lambda p: {"acc": next(scores)}, dev_objective=lambda m: m["eval_acc"],
+                        **{**dict(max_steps=7, evaluate_during_training=True, eval_steps=3), **sched, **kw})
 
 
 @pytest.mark.parametrize("zo_on", [True, False])
