@@ -152,7 +152,7 @@ def build(args):
     words = [cfg.vocab_size // 3, 2 * cfg.vocab_size // 3]
     try:
         from mezo.models.prompt_mlm import PromptMLM
-        model, wrapper = PromptMLM(mlm, 2, label_word_ids=words), "mezo.models.PromptMLM"
+        model, wrapper = PromptMLM(mlm, 2, label_word_ids=words), "mezo.models.prompt_mlm.PromptMLM"
     except Exception:   # the benchmark must not depend on the rest of the project being ready
         model, wrapper = _LocalPromptMLM(mlm, words), "local"
     model = model.to(device=args.device, dtype=DTYPES[args.dtype]).eval()

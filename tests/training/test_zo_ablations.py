@@ -89,6 +89,19 @@ def _pair(model, params, batch, seed, scales):
     return (lp - lm) / (2 * EPS), z
 
 
+def _train_seeing_consts(t):
+    """Train `t`; the block constants as each update's estimate saw them."""
+    seen = []
+    orig = t.zo_run.estimator.backward
+
+    def spy(*a, **k):
+        seen.append(dict(t.zo_run.ab.consts))
+        return orig(*a, **k)
+    t.zo_run.estimator.backward = spy
+    t.train()
+    return seen
+
+
 def _close(a, b):
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, atol=3e-6, rtol=1e-5)
@@ -275,14 +288,7 @@ def test_zo_grad_est_constants_and_recompute(tmp_path, mlm_state):
     for recompute, forwards in ((False, 8 + 2 * 2), (True, 2 * (8 + 2))):
         t = _trainer(tmp_path / str(recompute), _model(mlm_state), zo_variant="grad_norm", use_zo_grad_est=True,
                      max_steps=2, recompute_norms=recompute)
-        seen = []
-        orig = t.zo_run.estimator.backward
-
-        def spy(*a, **k):
-            seen.append(dict(t.zo_run.ab.consts))
-            return orig(*a, **k)
-        t.zo_run.estimator.backward = spy
-        t.train()
+        seen = _train_seeing_consts(t)
         assert t.zo_run.forwards == forwards
         for key, v in hand.items():
             assert seen[0][key] == pytest.approx(v, rel=1e-3, abs=2e-4)
@@ -311,14 +317,7 @@ def test_zo_by_layer_and_running_update(tmp_path, mlm_state):
     # --norm_running_update: each block constant becomes |g_b c_b| after its pair
     t = _trainer(tmp_path / "r", _model(mlm_state), zo_by_layer=True, zo_variant="grad_norm",
                  norm_running_update=True, max_steps=2)
-    seen = []
-    orig = t.zo_run.estimator.backward
-
-    def spy(*a, **k):
-        seen.append(dict(t.zo_run.ab.consts))
-        return orig(*a, **k)
-    t.zo_run.estimator.backward = spy
-    t.train()
+    seen = _train_seeing_consts(t)
     assert seen[0] != seen[1] and set(seen[1]) == {"embed", "lm_head", "layer.0.", "layer.1."}
 
 

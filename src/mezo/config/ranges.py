@@ -91,7 +91,7 @@ NO_RANGE = {
     "paths (run.check_paths / the loaders)": (
         "model_name_or_path", "config_name", "tokenizer_name", "cache_dir", "data_dir", "log_file",
         "save_logit_dir", "demo_filter_model"),
-    "choices or syntax checked in __post_init__, run.validate or src/mezo/templates.py": (
+    "choices or syntax checked in __post_init__, run.validate or mezo.data.templates": (
         "few_shot_type", "task_name", "template", "mapping", "optimizer", "trainer",
         "zero_order_sample_scheduler", "zo_variant", "lr_scheduler_type", "zo_method"),
     "switches": (

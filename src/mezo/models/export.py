@@ -50,7 +50,7 @@ def merged_state(model) -> dict:
     state = {n: t.detach().to("cpu", copy=True) for n, t in model.state_dict().items()}
     for name, layer in _lora_layers(model):
         if getattr(layer, "merged", False):
-            raise RuntimeError(f"{name}: LoRA weights are merged in the live model (src/mezo/lora.py forbids it)")
+            raise RuntimeError(f"{name}: LoRA weights are merged in the live model (mezo.models.lora forbids it)")
         delta = (layer.lora_B.detach().float() @ layer.lora_A.detach().float()) * layer.scaling
         if getattr(layer, "fan_in_fan_out", False):
             delta = delta.T
