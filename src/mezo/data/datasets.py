@@ -76,8 +76,6 @@ class FewShotDataset(Dataset):
         self.demo = spec.demo
         self.regression = self.task.output_mode == "regression"
         self.max_length = spec.max_length
-        self.first_sent_limit = spec.first_sent_limit
-        self.other_sent_limit = spec.other_sent_limit
         self.truncate_head = bool(spec.truncate_head) and self.demo  # only honoured with demos
         num_sample = spec.num_sample
         self.rng = (np.random if seed is None else seed if isinstance(seed, np.random.RandomState)
@@ -194,7 +192,7 @@ class FewShotDataset(Dataset):
         sentences = self.sentences_for(q)
         if self.prompt:
             item = render(self.template, sentences, self.tokenizer, self.label_word_ids,
-                          self.max_length, self.first_sent_limit, self.other_sent_limit,
+                          self.max_length, self.spec.first_sent_limit, self.spec.other_sent_limit,
                           self.truncate_head, guid=ex.guid, cache=self._encode_cache)
         else:
             item = render_finetune(sentences, self.tokenizer, self.max_length)

@@ -60,9 +60,7 @@ class PromptSpec:
         d = data_args
         fst = model_args.few_shot_type
         rendered = words = None
-        if fst != "finetune":
-            if not d.template:
-                raise UsageError(f"--template: required with --few_shot_type {fst}")
+        if fst != "finetune" and d.template:   # no template: refused by __post_init__
             templates.validate_template(d.template, prompt=True)
             if not d.mapping:
                 raise UsageError(f"--mapping: required with --few_shot_type {fst}")
